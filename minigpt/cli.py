@@ -1,0 +1,119 @@
+"""The `minigpt` command line: `minigpt SUBCOMMAND ...` or `python -m minigpt SUBCOMMAND ...`.
+
+Each subcommand is a function `add_<name>(subparsers)` that declares its arguments and sets
+`run`, a function of the parsed arguments that returns an exit code. Packages that build on
+minigpt (such as `lens`) add subcommands through the entry-point group "minigpt.commands",
+so minigpt itself never imports them.
+
+Errors a user can cause (bad path, corrupt file, text too long) print one line on stderr and
+exit with code 1; `--debug` shows the traceback instead.
+"""
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+
+from . import __version__
+from .errors import MiniGPTError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# -- helpers shared by subcommands ----------------------------------------------------------
+
+
+def add_model_argument(parser, required=True):
+    parser.add_argument(
+        "--model", "-m", required=required, metavar="NAME_OR_DIR",
+        help="a checkpoint folder (config.json + model.safetensors) or an official name such as gpt2-xl",
+    )
+
+
+def add_text_arguments(parser):
+    """TEXT as an argument, '-' for standard input, or --file PATH."""
+    parser.add_argument("text", nargs="?", metavar="TEXT", help="the text; '-' reads standard input")
+    parser.add_argument("--file", "-f", metavar="PATH", help="read the text from a file (UTF-8)")
+
+
+def read_text(args) -> str:
+    """The text named by add_text_arguments' options, or a MiniGPTError saying what is missing."""
+    if args.file is not None and args.text is not None:
+        raise MiniGPTError("give the text either as an argument or with --file, not both")
+    if args.file is not None:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise MiniGPTError(f"text file not found: {args.file}") from None
+        except UnicodeDecodeError:
+            raise MiniGPTError(f"{args.file} is not UTF-8 text") from None
+        except OSError as err:
+            raise MiniGPTError(f"cannot read {args.file}: {err.strerror}") from None
+    if args.text == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MiniGPTError("standard input is not UTF-8 text") from None
+    if args.text is None:
+        raise MiniGPTError("no text given: pass TEXT, '-' for standard input, or --file PATH")
+    return args.text
+
+
+def load_model(args, **kwargs):
+    import minigpt
+
+    return minigpt.load(args.model, **kwargs)
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+BUILTIN_COMMANDS = []  # functions add_<name>(subparsers), in the order --help lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minigpt",
+        description="GPT-2 in NumPy, with the logit lens built in.",
+    )
+    parser.add_argument("--version", action="version", version=f"minigpt {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in BUILTIN_COMMANDS:
+        add(subparsers)
+    for plugin in entry_points(group="minigpt.commands"):
+        plugin.load()(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.run(args) or 0
+    except MiniGPTError as err:
+        if args.debug:
+            raise
+        print(f"minigpt: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("minigpt: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `minigpt ... | head`: the reader left, nothing more to say
+        sys.stderr.close()
+        return EXIT_ERROR
+    except OSError as err:
+        if args.debug:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"minigpt: error:{where} {err.strerror or err}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""GPT-2's hyper-parameters, read from a HuggingFace `config.json`."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Config:
+    n_layer: int  # number of blocks
+    n_head: int  # attention heads per block
+    n_embd: int  # width of the residual stream
+    n_ctx: int  # number of learned positions (1024 for every official GPT-2)
+    vocab_size: int  # 50257 for the official tokenizer
+    layer_norm_epsilon: float = 1e-5
+    n_inner: int | None = None  # MLP width; None means 4 * n_embd
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+
+    def n_params(self) -> int:
+        """Parameter count with the unembedding tied to wte: V·d + n_ctx·d + L·(12d² + 13d) + 2d
+        (for the default MLP width 4d; in general the MLP holds 2·d·m + m + d)."""
+        d, m = self.n_embd, self.mlp_width
+        per_block = (2 * d) + (3 * d * d + 3 * d) + (d * d + d) + (2 * d) + (d * m + m) + (m * d + d)
+        return self.vocab_size * d + self.n_ctx * d + self.n_layer * per_block + 2 * d
+
+
+# The four models OpenAI released, by the names the HuggingFace hub gives them.
+OFFICIAL = {
+    "gpt2": Config(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257),
+    "gpt2-medium": Config(n_layer=24, n_head=16, n_embd=1024, n_ctx=1024, vocab_size=50257),
+    "gpt2-large": Config(n_layer=36, n_head=20, n_embd=1280, n_ctx=1024, vocab_size=50257),
+    "gpt2-xl": Config(n_layer=48, n_head=25, n_embd=1600, n_ctx=1024, vocab_size=50257),
+}
+
+# config.json switches that would change the computation; minigpt implements the defaults only.
+_UNSUPPORTED_FLAGS = {
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "add_cross_attention": False,
+    "scale_attn_weights": True,
+}
+
+
+def config_from_dict(raw: dict, where: str = "config.json") -> Config:
+    """Validate a parsed config.json and return a Config; raise ConfigError naming the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a JSON object, found {type(raw).__name__}")
+
+    def integer(name, *aliases):
+        for key in (name, *aliases):
+            if key in raw:
+                value = raw[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"{where}: '{key}' must be a positive integer, found {value!r}")
+                return value
+        raise ConfigError(f"{where} lacks the field '{name}'")
+
+    n_layer = integer("n_layer")
+    n_head = integer("n_head")
+    n_embd = integer("n_embd")
+    n_ctx = integer("n_positions", "n_ctx")
+    vocab_size = integer("vocab_size")
+    if n_embd % n_head:
+        raise ConfigError(f"{where}: n_embd={n_embd} is not divisible by n_head={n_head}")
+
+    activation = raw.get("activation_function", "gelu_new")
+    if activation != "gelu_new":
+        raise ConfigError(f"{where}: activation_function is {activation!r}; GPT-2 uses 'gelu_new'")
+    eps = raw.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ConfigError(f"{where}: 'layer_norm_epsilon' must be a small positive number, found {eps!r}")
+    n_inner = raw.get("n_inner")
+    if n_inner is not None and (isinstance(n_inner, bool) or not isinstance(n_inner, int) or n_inner < 1):
+        raise ConfigError(f"{where}: 'n_inner' must be null or a positive integer, found {n_inner!r}")
+    for flag, default in _UNSUPPORTED_FLAGS.items():
+        if flag in raw and raw[flag] != default:
+            raise ConfigError(f"{where}: '{flag}': {raw[flag]!r} is not supported (GPT-2 uses {default!r})")
+
+    return Config(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        n_ctx=n_ctx,
+        vocab_size=vocab_size,
+        layer_norm_epsilon=float(eps),
+        n_inner=n_inner,
+    )
+
+
+def read_config(path: Path) -> Config:
+    """Read and validate `config.json`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    return config_from_dict(raw, where=str(path))

@@ -1,0 +1,17 @@
+"""The exceptions a user can meet. Each message is one line naming the thing at fault."""
+
+
+class MiniGPTError(Exception):
+    """Base class: anything minigpt raises on purpose for bad input or a bad file."""
+
+
+class ConfigError(MiniGPTError):
+    """config.json is missing, unreadable, incomplete, or describes another architecture."""
+
+
+class CheckpointError(MiniGPTError):
+    """A weights file is missing, corrupt, of the wrong shape, or in a refused format."""
+
+
+class InputError(MiniGPTError, ValueError):
+    """A text, a token sequence or an argument that the model cannot take."""

@@ -1,0 +1,219 @@
+"""GPT-2's forward pass as plain NumPy functions, read top to bottom in the order the data flows.
+
+    tokens (T,)
+      -> embed: wte[tokens] + wpe[0..T)                               residual[0]  (T, d)
+      -> for each of the n_layer blocks (pre-LayerNorm):
+           resid_mid  = resid + attention(layer_norm(resid; ln_1))    resid_mid[l]
+           resid_post = resid_mid + mlp(layer_norm(resid_mid; ln_2))  residual[l+1]
+      -> layer_norm(residual[-1]; ln_f) @ wte.T                       logits (T, V)
+
+Weights arrive as the nested dict `params` that mirrors the checkpoint's tensor names
+(see checkpoint.py): params["h"][l]["attn"]["c_attn"]["weight"] is the file's
+"h.{l}.attn.c_attn.weight". Linear ("Conv1D") weights are stored [in, out]: y = x @ W + b.
+Every function keeps the dtype of its input (float32 unless the model was loaded as float64).
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_params
+from .config import Config, read_config
+from .errors import InputError
+from .tokenizer import Tokenizer
+
+GELU_SCALE = math.sqrt(2.0 / math.pi)  # a Python float: a NumPy float64 scalar would promote float32 arrays
+
+
+def embed(tokens, wte, wpe):
+    """Token embedding plus learned position embedding. (T,) -> (T, d)"""
+    return wte[tokens] + wpe[: len(tokens)]
+
+
+def normalize(x, eps):
+    """(x - mean) / sqrt(var + eps) over the last axis, with the biased variance, as torch does."""
+    centered = x - x.mean(axis=-1, keepdims=True)
+    var = np.mean(centered * centered, axis=-1, keepdims=True)
+    return centered / np.sqrt(var + eps)
+
+
+def layer_norm(x, weight, bias, eps):
+    """LayerNorm with its learned gain (`weight`) and bias. (..., d) -> (..., d)"""
+    return normalize(x, eps) * weight + bias
+
+
+def linear(x, weight, bias):
+    """GPT-2's "Conv1D": weight is stored [in, out], so no transpose. (T, in) -> (T, out)"""
+    return x @ weight + bias
+
+
+def gelu_new(x):
+    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    inner = x * x
+    inner *= x
+    inner *= 0.044715
+    inner += x
+    inner *= GELU_SCALE
+    np.tanh(inner, out=inner)
+    inner += 1.0
+    inner *= x
+    inner *= 0.5
+    return inner
+
+
+def softmax(x):
+    """Softmax over the last axis, shifted by the maximum so exp never overflows."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def split_heads(x, n_head):
+    """(T, d) -> (n_head, T, d / n_head): each head reads its own slice of the width."""
+    T, d = x.shape
+    return x.reshape(T, n_head, d // n_head).transpose(1, 0, 2)
+
+
+def merge_heads(x):
+    """(n_head, T, head_size) -> (T, d): the heads' outputs side by side."""
+    n_head, T, head_size = x.shape
+    return x.transpose(1, 0, 2).reshape(T, n_head * head_size)
+
+
+def causal_attention(q, k, v, offset=0):
+    """softmax(q k^T / sqrt(head_size), masked so a query sees no later key) @ v.
+
+    q: (H, Tq, hs) for positions offset .. offset+Tq-1; k, v: (H, Tk, hs) for positions 0 .. Tk-1.
+    Returns the output (H, Tq, hs) and the attention pattern (H, Tq, Tk).
+    """
+    Tq, Tk, head_size = q.shape[1], k.shape[1], q.shape[2]
+    scores = (q * head_size**-0.5) @ k.transpose(0, 2, 1)  # (H, Tq, Tk)
+    future = np.arange(Tk)[None, :] > (offset + np.arange(Tq))[:, None]  # (Tq, Tk)
+    scores[:, future] = -np.inf
+    pattern = softmax(scores)
+    return pattern @ v, pattern
+
+
+def self_attention(x, attn, n_head):
+    """Multi-head causal self-attention. x: (T, d) -> (T, d), and the pattern (H, T, T)."""
+    qkv = linear(x, **attn["c_attn"])  # (T, 3d): q, k, v side by side
+    q, k, v = (split_heads(part, n_head) for part in np.split(qkv, 3, axis=-1))
+    out, pattern = causal_attention(q, k, v)
+    return linear(merge_heads(out), **attn["c_proj"]), pattern
+
+
+def mlp(x, p):
+    """Position-wise feed-forward: c_proj(gelu_new(c_fc(x))). (T, d) -> (T, d) via (T, 4d)."""
+    return linear(gelu_new(linear(x, **p["c_fc"])), **p["c_proj"])
+
+
+def block(resid, p, n_head, eps):
+    """One pre-LN transformer block. Returns resid_mid (after attention), resid_post, pattern."""
+    attn_out, pattern = self_attention(layer_norm(resid, **p["ln_1"], eps=eps), p["attn"], n_head)
+    resid_mid = resid + attn_out
+    resid_post = resid_mid + mlp(layer_norm(resid_mid, **p["ln_2"], eps=eps), p["mlp"])
+    return resid_mid, resid_post, pattern
+
+
+def unembed(x, params):
+    """Logits over the vocabulary: x @ W_U with W_U = wte.T (tied), or lm_head.T. (T, d) -> (T, V)"""
+    W_E = params["lm_head"]["weight"] if "lm_head" in params else params["wte"]["weight"]
+    return x @ W_E.T
+
+
+@dataclass
+class Trace:
+    """Everything one forward pass computed, for a sequence of T tokens."""
+
+    tokens: np.ndarray  # (T,) int64
+    residual: np.ndarray  # (n_layer + 1, T, d): [0] embeddings, [l] after block l, before ln_f
+    resid_mid: np.ndarray  # (n_layer, T, d): [l] after block l+1's attention, before its MLP
+    logits: np.ndarray  # (T, vocab_size)
+    attention: np.ndarray | None = None  # (n_layer, n_head, T, T) when asked for
+
+
+class GPT2:
+    """A GPT-2 model: its config, its weights (`params`), its tokenizer."""
+
+    def __init__(self, config: Config, params: dict, tokenizer: Tokenizer | None = None, name: str = "gpt2"):
+        self.config = config
+        self.params = params
+        self.tokenizer = tokenizer if tokenizer is not None else Tokenizer.official()
+        self.name = name
+        self.dtype = params["wte"]["weight"].dtype
+
+    @classmethod
+    def from_directory(cls, directory, dtype=np.float32) -> "GPT2":
+        directory = Path(directory)
+        config = read_config(directory / "config.json")
+        params = load_params(directory, config, dtype=dtype)
+        return cls(config, params, Tokenizer.from_directory(directory), name=directory.name)
+
+    def __repr__(self):
+        c = self.config
+        return (
+            f"GPT2({self.name!r}: {c.n_layer} blocks, n_embd={c.n_embd}, n_head={c.n_head}, "
+            f"n_ctx={c.n_ctx}, vocab={c.vocab_size}, {np.dtype(self.dtype).name})"
+        )
+
+    # -- input ------------------------------------------------------------------------------
+
+    def to_tokens(self, tokens_or_text) -> np.ndarray:
+        """Token ids as a checked (T,) int64 array, from a text or from ids."""
+        if isinstance(tokens_or_text, str):
+            if not tokens_or_text:
+                raise InputError("text is empty: give at least one character")
+            tokens = np.asarray(self.tokenizer.encode(tokens_or_text), dtype=np.int64)
+        else:
+            tokens = np.asarray(tokens_or_text)
+            if tokens.ndim != 1:
+                raise InputError(f"tokens must be a list or 1-D array of ids, found shape {tokens.shape}")
+            if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
+                raise InputError(f"tokens must be integer ids, found dtype {tokens.dtype}")
+            tokens = tokens.astype(np.int64)
+        if tokens.size == 0:
+            raise InputError("token sequence is empty: give at least one token")
+        if len(tokens) > self.config.n_ctx:
+            raise InputError(
+                f"{len(tokens)} tokens exceed the model's context of {self.config.n_ctx} positions"
+            )
+        bad = np.flatnonzero((tokens < 0) | (tokens >= self.config.vocab_size))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"token id {int(tokens[i])} at position {i} is outside the vocabulary [0, {self.config.vocab_size})"
+            )
+        return tokens
+
+    # -- the forward pass -------------------------------------------------------------------
+
+    def final_norm(self, x):
+        """ln_f, the LayerNorm every residual goes through before the unembedding."""
+        return layer_norm(x, **self.params["ln_f"], eps=self.config.layer_norm_epsilon)
+
+    def unembed(self, x):
+        return unembed(x, self.params)
+
+    def run(self, tokens_or_text, keep_attention: bool = False) -> Trace:
+        """One forward pass, keeping the residual stream after the embeddings, after every
+        attention sub-block and after every block."""
+        tokens = self.to_tokens(tokens_or_text)
+        c, p = self.config, self.params
+        T = len(tokens)
+        residual = np.empty((c.n_layer + 1, T, c.n_embd), dtype=self.dtype)
+        resid_mid = np.empty((c.n_layer, T, c.n_embd), dtype=self.dtype)
+        attention = np.empty((c.n_layer, c.n_head, T, T), dtype=self.dtype) if keep_attention else None
+
+        residual[0] = embed(tokens, p["wte"]["weight"], p["wpe"]["weight"])
+        for l, block_params in enumerate(p["h"]):
+            resid_mid[l], residual[l + 1], pattern = block(residual[l], block_params, c.n_head, c.layer_norm_epsilon)
+            if keep_attention:
+                attention[l] = pattern
+        logits = self.unembed(self.final_norm(residual[-1]))
+        return Trace(tokens=tokens, residual=residual, resid_mid=resid_mid, logits=logits, attention=attention)
+
+    def logits(self, tokens_or_text) -> np.ndarray:
+        """(T, vocab_size) next-token logits."""
+        return self.run(tokens_or_text).logits
