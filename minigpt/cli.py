@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     for add in BUILTIN_COMMANDS:
         add(subparsers)
     for plugin in entry_points(group="minigpt.commands"):
-        plugin.load()(subparsers)
+        try:
+            add = plugin.load()
+        except ImportError as err:  # a stale or partial install: the other commands still work
+            print(f"minigpt: warning: command '{plugin.name}' is unavailable ({err})", file=sys.stderr)
+            continue
+        add(subparsers)
     return parser
 
 

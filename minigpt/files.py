@@ -1,0 +1,43 @@
+"""Writing files so that nothing is lost: a temporary name in the same folder, renamed into
+place only once complete. An interrupted run leaves the previous file intact and no
+half-written one."""
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import MiniGPTError
+
+
+def check_output_path(path) -> Path:
+    """The path, if its folder exists and is writable; else a MiniGPTError naming it."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise MiniGPTError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise MiniGPTError(f"cannot write {path}: folder {folder} is not writable")
+    if path.is_dir():
+        raise MiniGPTError(f"cannot write {path}: it is a directory")
+    return path
+
+
+@contextmanager
+def atomic_write(path, mode="wb", encoding=None):
+    """`with atomic_write(path, "w", encoding="utf-8") as f: f.write(...)`: the file appears at
+    `path` only when the block ends without an exception; otherwise the old file stays."""
+    path = check_output_path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
