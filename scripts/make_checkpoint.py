@@ -1,0 +1,153 @@
+"""Write a shape-faithful random GPT-2 checkpoint of any official size, for benchmarks.
+
+    python scripts/make_checkpoint.py gpt2-xl weights/random-gpt2-xl [--seed 0]
+
+The folder looks like the hub's openai-community/<size> repository: `model.safetensors` in
+the official layout (no "transformer." prefix, one causal-mask buffer `h.N.attn.bias` of
+shape [1, 1, n_ctx, n_ctx] per block, no lm_head: the unembedding is wte), float32;
+`config.json` with the official fields; `vocab.json` + `merges.txt` (the official BPE files
+shipped in minigpt/data). Only the values are random: timing does not depend on them.
+
+The file is written streaming: the safetensors header first (every tensor's offsets are known
+from the shapes alone), then each tensor generated and written in turn, so the peak memory is
+one tensor (wte: 0.32 GB for gpt2-xl), never the 6.2 GB model. Values are uniform float32
+(`Generator.random` is ~8x faster than a normal draw; gpt2-xl holds 1.56 G of them):
+    weights  U(-a, a) with a = sqrt(3 / fan_in)   (variance 1 / fan_in: activations stay O(1))
+    biases   U(-0.1, 0.1);  LayerNorm gains 1 + U(-0.25, 0.25);  wte, wpe U(-0.1, 0.1)
+"""
+
+import argparse
+import json
+import math
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from minigpt.config import OFFICIAL  # noqa: E402
+from minigpt.files import atomic_write  # noqa: E402
+
+BPE = ROOT / "minigpt" / "data"
+ALIGN = 8  # the safetensors writer pads the header with spaces to a multiple of 8 bytes
+
+
+def official_config_json(size: str) -> dict:
+    """config.json as the hub's openai-community/<size> repositories hold it."""
+    c = OFFICIAL[size]
+    return {
+        "activation_function": "gelu_new",
+        "architectures": ["GPT2LMHeadModel"],
+        "attn_pdrop": 0.1,
+        "bos_token_id": 50256,
+        "embd_pdrop": 0.1,
+        "eos_token_id": 50256,
+        "initializer_range": 0.02,
+        "layer_norm_epsilon": c.layer_norm_epsilon,
+        "model_type": "gpt2",
+        "n_ctx": c.n_ctx,
+        "n_embd": c.n_embd,
+        "n_head": c.n_head,
+        "n_layer": c.n_layer,
+        "n_positions": c.n_ctx,
+        "resid_pdrop": 0.1,
+        "summary_activation": None,
+        "summary_first_dropout": 0.1,
+        "summary_proj_to_labels": True,
+        "summary_type": "cls_index",
+        "summary_use_proj": True,
+        "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
+        "vocab_size": c.vocab_size,
+    }
+
+
+def tensor_plan(size: str) -> list:
+    """[(name, shape, kind)] in file order; kind chooses how the values are drawn."""
+    c = OFFICIAL[size]
+    d, m = c.n_embd, c.mlp_width
+    plan = [("wte.weight", (c.vocab_size, d), "embedding"), ("wpe.weight", (c.n_ctx, d), "embedding")]
+    for i in range(c.n_layer):
+        h = f"h.{i}."
+        plan += [
+            (h + "ln_1.weight", (d,), "gain"),
+            (h + "ln_1.bias", (d,), "bias"),
+            (h + "attn.bias", (1, 1, c.n_ctx, c.n_ctx), "mask"),
+            (h + "attn.c_attn.weight", (d, 3 * d), "weight"),
+            (h + "attn.c_attn.bias", (3 * d,), "bias"),
+            (h + "attn.c_proj.weight", (d, d), "weight"),
+            (h + "attn.c_proj.bias", (d,), "bias"),
+            (h + "ln_2.weight", (d,), "gain"),
+            (h + "ln_2.bias", (d,), "bias"),
+            (h + "mlp.c_fc.weight", (d, m), "weight"),
+            (h + "mlp.c_fc.bias", (m,), "bias"),
+            (h + "mlp.c_proj.weight", (m, d), "weight"),
+            (h + "mlp.c_proj.bias", (d,), "bias"),
+        ]
+    plan += [("ln_f.weight", (d,), "gain"), ("ln_f.bias", (d,), "bias")]
+    return plan
+
+
+def header_bytes(plan: list) -> bytes:
+    """The safetensors header: u64 length, then JSON {name: dtype, shape, data_offsets}, padded."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape, _ in plan:
+        n_bytes = 4 * math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + n_bytes]}
+        offset += n_bytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % ALIGN)  # tensor data then starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text
+
+
+def draw(rng, shape, kind) -> np.ndarray:
+    """One tensor's values, float32, drawn in place (no float64 temporary)."""
+    if kind == "mask":  # the causal mask buffer: lower triangle of ones
+        return np.tril(np.ones(shape[-2:], dtype=np.float32)).reshape(shape)
+    values = rng.random(shape, dtype=np.float32)  # U[0, 1)
+    values -= np.float32(0.5)
+    if kind == "weight":
+        values *= np.float32(2 * math.sqrt(3.0 / shape[0]))
+    elif kind == "gain":
+        values *= np.float32(0.5)
+        values += np.float32(1.0)
+    else:  # bias, embedding
+        values *= np.float32(0.2)
+    return values
+
+
+def write_checkpoint(size: str, directory, seed: int = 0) -> Path:
+    if size not in OFFICIAL:
+        raise SystemExit(f"unknown size {size!r}: choose one of {', '.join(OFFICIAL)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plan = tensor_plan(size)
+    rng = np.random.default_rng(seed)
+    with atomic_write(directory / "model.safetensors", "wb") as f:
+        f.write(header_bytes(plan))
+        for name, shape, kind in plan:
+            f.write(memoryview(draw(rng, shape, kind)).cast("B"))
+    with atomic_write(directory / "config.json", "w", encoding="utf-8") as f:
+        json.dump(official_config_json(size), f, indent=2)
+        f.write("\n")
+    for source, target in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        with atomic_write(directory / target, "wb") as f:
+            f.write((BPE / source).read_bytes())
+    return directory
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("size", choices=list(OFFICIAL), help="official GPT-2 size")
+    parser.add_argument("directory", help="folder to write (created if needed)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = write_checkpoint(args.size, args.directory, seed=args.seed)
+    n_bytes = (path / "model.safetensors").stat().st_size
+    print(f"wrote {path}/model.safetensors ({n_bytes / 1e9:.2f} GB, {args.size} shapes, random values)")
+
+
+if __name__ == "__main__":
+    main()
