@@ -13,6 +13,7 @@ Weights arrive as the nested dict `params` that mirrors the checkpoint's tensor 
 Every function keeps the dtype of its input (float32 unless the model was loaded as float64).
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,18 +36,24 @@ def embed(tokens, wte, wpe):
 def normalize(x, eps):
     """(x - mean) / sqrt(var + eps) over the last axis, with the biased variance, as torch does."""
     centered = x - x.mean(axis=-1, keepdims=True)
-    var = np.mean(centered * centered, axis=-1, keepdims=True)
-    return centered / np.sqrt(var + eps)
+    var = np.mean(np.square(centered), axis=-1, keepdims=True)
+    centered *= 1.0 / np.sqrt(var + eps)  # (..., 1): one division per row, then a multiply in place
+    return centered
 
 
 def layer_norm(x, weight, bias, eps):
     """LayerNorm with its learned gain (`weight`) and bias. (..., d) -> (..., d)"""
-    return normalize(x, eps) * weight + bias
+    y = normalize(x, eps)
+    y *= weight
+    y += bias
+    return y
 
 
 def linear(x, weight, bias):
     """GPT-2's "Conv1D": weight is stored [in, out], so no transpose. (T, in) -> (T, out)"""
-    return x @ weight + bias
+    y = x @ weight
+    y += bias  # in place: no second (T, out) array
+    return y
 
 
 def gelu_new(x):
@@ -63,9 +70,11 @@ def gelu_new(x):
     return inner
 
 
-def softmax(x):
-    """Softmax over the last axis, shifted by the maximum so exp never overflows."""
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
+def softmax(x, out=None):
+    """Softmax over the last axis, shifted by the maximum so exp never overflows.
+    exp(x - max) / sum(exp(x - max)); `out=x` computes it in place (no second array)."""
+    e = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    np.exp(e, out=e)
     e /= e.sum(axis=-1, keepdims=True)
     return e
 
@@ -82,6 +91,15 @@ def merge_heads(x):
     return x.transpose(1, 0, 2).reshape(T, n_head * head_size)
 
 
+@functools.lru_cache(maxsize=8)
+def causal_mask(Tq, Tk, offset, dtype):
+    """(Tq, Tk): 0 where query offset+i may see key j (j <= offset+i), -inf where j is later.
+    Added to the scores, so that the softmax gives later keys exactly 0. Cached, read-only."""
+    mask = np.triu(np.full((Tq, Tk), -np.inf, dtype=dtype), k=offset + 1)
+    mask.flags.writeable = False
+    return mask
+
+
 def causal_attention(q, k, v, offset=0):
     """softmax(q k^T / sqrt(head_size), masked so a query sees no later key) @ v.
 
@@ -89,10 +107,9 @@ def causal_attention(q, k, v, offset=0):
     Returns the output (H, Tq, hs) and the attention pattern (H, Tq, Tk).
     """
     Tq, Tk, head_size = q.shape[1], k.shape[1], q.shape[2]
-    scores = (q * head_size**-0.5) @ k.transpose(0, 2, 1)  # (H, Tq, Tk)
-    future = np.arange(Tk)[None, :] > (offset + np.arange(Tq))[:, None]  # (Tq, Tk)
-    scores[:, future] = -np.inf
-    pattern = softmax(scores)
+    scores = (q * head_size**-0.5) @ k.transpose(0, 2, 1)  # (H, Tq, Tk); k^T is a view BLAS reads as is
+    scores += causal_mask(Tq, Tk, offset, scores.dtype)
+    pattern = softmax(scores, out=scores)  # in place: for gpt2-xl at T = 1024 the scores take 105 MB
     return pattern @ v, pattern
 
 
