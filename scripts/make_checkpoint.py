@@ -35,10 +35,9 @@ BPE = ROOT / "minigpt" / "data"
 ALIGN = 8  # the safetensors writer pads the header with spaces to a multiple of 8 bytes
 
 
-def official_config_json(size: str) -> dict:
-    """config.json as the hub's openai-community/<size> repositories hold it."""
-    c = OFFICIAL[size]
-    return {
+def config_json(c) -> dict:
+    """config.json as the hub's openai-community/<size> repositories hold it, for a Config."""
+    raw = {
         "activation_function": "gelu_new",
         "architectures": ["GPT2LMHeadModel"],
         "attn_pdrop": 0.1,
@@ -62,11 +61,13 @@ def official_config_json(size: str) -> dict:
         "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
         "vocab_size": c.vocab_size,
     }
+    if c.n_inner is not None:
+        raw["n_inner"] = c.n_inner
+    return raw
 
 
-def tensor_plan(size: str) -> list:
-    """[(name, shape, kind)] in file order; kind chooses how the values are drawn."""
-    c = OFFICIAL[size]
+def tensor_plan(c) -> list:
+    """[(name, shape, kind)] in file order for a Config; kind chooses how the values are drawn."""
     d, m = c.n_embd, c.mlp_width
     plan = [("wte.weight", (c.vocab_size, d), "embedding"), ("wpe.weight", (c.n_ctx, d), "embedding")]
     for i in range(c.n_layer):
@@ -118,19 +119,25 @@ def draw(rng, shape, kind) -> np.ndarray:
     return values
 
 
-def write_checkpoint(size: str, directory, seed: int = 0) -> Path:
-    if size not in OFFICIAL:
-        raise SystemExit(f"unknown size {size!r}: choose one of {', '.join(OFFICIAL)}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    plan = tensor_plan(size)
+def write_safetensors(path, plan, seed=0):
+    """The header, then each tensor drawn and written in turn: one tensor in memory at a time."""
     rng = np.random.default_rng(seed)
-    with atomic_write(directory / "model.safetensors", "wb") as f:
+    with atomic_write(path, "wb") as f:
         f.write(header_bytes(plan))
         for name, shape, kind in plan:
             f.write(memoryview(draw(rng, shape, kind)).cast("B"))
+
+
+def write_checkpoint(size, directory, seed: int = 0) -> Path:
+    """A checkpoint folder for an official size name, or for any Config (tests use tiny ones)."""
+    if isinstance(size, str) and size not in OFFICIAL:
+        raise SystemExit(f"unknown size {size!r}: choose one of {', '.join(OFFICIAL)}")
+    config = OFFICIAL[size] if isinstance(size, str) else size
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_safetensors(directory / "model.safetensors", tensor_plan(config), seed)
     with atomic_write(directory / "config.json", "w", encoding="utf-8") as f:
-        json.dump(official_config_json(size), f, indent=2)
+        json.dump(config_json(config), f, indent=2)
         f.write("\n")
     for source, target in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
         with atomic_write(directory / target, "wb") as f:

@@ -1,0 +1,577 @@
+"""minigpt against HuggingFace transformers (PyTorch, CPU) doing the same work, and both
+against what this machine can do at all.
+
+    python scripts/bench.py --size gpt2 --tokens 256
+    python scripts/bench.py --size gpt2-xl --tokens 128 --phases forward,lens,decode,load
+    python scripts/bench.py --size gpt2-xl --phases memory --memory-tokens 1024
+
+Phases (each side gets the same random checkpoint, made by scripts/make_checkpoint.py in
+weights/random-SIZE unless --checkpoint names one; values do not change the speed):
+  forward  logits for T tokens: minigpt `model.logits` / HF `model(ids).logits`.
+  lens     the whole logit lens over every block, forward pass included: minigpt
+           `lens.logit_lens` / the same per-cell quantities computed in torch from HF's
+           `output_hidden_states` (tests/lens_reference.py, in float32). Also its product
+           phase alone: every row decoded, rows x T x 2 d V FLOPs.
+  decode   greedy decoding tokens/s after a short prompt, timed between the first and the
+           last new token (the prompt's pass left out): minigpt `model.stream` / HF
+           `generate(do_sample=False)`.
+  load     seconds from load() to the first logits of a short prompt, in a fresh process,
+           with the checkpoint already in the page cache.
+  memory   peak resident memory (VmHWM) of a fresh process that loads the model and runs the
+           lens (or the forward pass, without a lens) at --memory-tokens; one model per process.
+Machine limits, measured in the same run: NumPy's float32 matrix-product rate (a large
+sgemm) and memory bandwidth (a sum over 1 GB, one and two threads); each phase is reported
+as a fraction of them.
+
+forward, lens and decode run in this process, alternating minigpt and HF (A B A B ..., the
+median of each), so that load from other processes hits both alike. For gpt2-large and
+gpt2-xl two models would not fit comfortably, so each of those runs in a fresh process
+holding one model, still alternating (A B A B ..., --isolate forces this for any size).
+Results print as a table and are appended to docs/performance.md (--no-append: print only).
+The functions that do each side's work are importable: tests/test_bench.py checks that both
+sides compute the same numbers.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import minigpt  # noqa: E402
+from minigpt.config import OFFICIAL  # noqa: E402
+from minigpt.files import atomic_write  # noqa: E402
+
+PHASES = ("forward", "lens", "decode", "load", "memory")
+ISOLATED_SIZES = ("gpt2-large", "gpt2-xl")  # two copies would need > 6 GB
+GOALS = {"forward": 0.7, "lens": 0.5, "decode": 1.2, "load": 2.0, "memory": 1.15, "lens products": 0.75}
+
+
+# ---------------------------------------------------------------------------------------------
+# The work, side by side. Each pair computes the same numbers (tests/test_bench.py checks it).
+
+
+def load_hf(directory):
+    """HuggingFace's GPT-2 from the same checkpoint folder, float32, eval mode."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(str(directory), dtype=torch.float32).eval()
+    hf.generation_config.eos_token_id = None  # never stop early: both sides decode every token asked for
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
+def minigpt_forward(model, tokens):
+    """(T, V) logits."""
+    return model.logits(tokens)
+
+
+def hf_forward(hf, tokens):
+    import torch
+
+    with torch.inference_mode():
+        return hf(torch.as_tensor(np.asarray(tokens))[None]).logits[0].numpy()
+
+
+def minigpt_lens(model, tokens):
+    """The whole logit lens (forward pass included): a lens.LensResult."""
+    import lens
+
+    return lens.logit_lens(model, tokens)
+
+
+def hf_lens(hf, tokens):
+    """The same per-cell quantities in torch from HF's output_hidden_states (float32)."""
+    import torch
+
+    from tests.lens_reference import torch_lens
+
+    return torch_lens(hf, tokens, dtype=torch.float32)
+
+
+def minigpt_lens_products(model, tokens):
+    """The lens's product phase alone: every row (input + each block) decoded, in the lens's own
+    chunks, (chunk rows, d) @ (d, V); returns the number of rows decoded."""
+    from lens.cells import CHUNK_CELLS, decode_chunk
+
+    trace = model.run(tokens)
+    rows = list(trace.residual)
+    positions = np.arange(len(tokens))
+    per_chunk = max(1, CHUNK_CELLS // len(rows))
+    for start in range(0, len(positions), per_chunk):
+        decode_chunk(model, rows, positions[start:start + per_chunk], "ln_f")
+    return len(rows)
+
+
+def minigpt_decode(model, prompt, new_tokens):
+    """Greedy decoding: the new token ids, and the time each one arrived."""
+    ids, stamps = [], []
+    for token in model.stream(prompt, new_tokens, temperature=0, stop_at_eos=False):
+        stamps.append(time.perf_counter())
+        ids.append(int(token))
+    return ids, stamps
+
+
+def hf_decode(hf, prompt, new_tokens):
+    """HF's greedy generate: the new token ids, and the time each one arrived (a streamer)."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class Stamps(BaseStreamer):
+        def __init__(self):
+            self.times, self.calls = [], 0
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls > 1:  # the first call hands over the prompt
+                self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    stamps = Stamps()
+    ids = torch.tensor([list(map(int, prompt))])
+    with torch.inference_mode():
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, do_sample=False, streamer=stamps)
+    return out[0, len(prompt):].tolist(), stamps.times
+
+
+def tokens_per_second(stamps):
+    """Decoding rate between the first and the last new token."""
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def has_lens():
+    try:
+        import lens  # noqa: F401
+
+        return hasattr(lens, "logit_lens") and (ROOT / "tests" / "lens_reference.py").exists()
+    except ImportError:
+        return False
+
+
+def has_decode():
+    return hasattr(minigpt.GPT2, "stream")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the work costs, and what the machine allows
+
+
+def forward_flops(c, T):
+    """Multiply-adds x 2 of one forward pass as computed: the blocks' linear layers, the full
+    T x T attention products (q k^T and pattern v, masked half included), the unembedding."""
+    d, m, V = c.n_embd, c.mlp_width, c.vocab_size
+    linear = c.n_layer * (d * 3 * d + d * d + d * m + m * d)
+    attention = c.n_layer * 2 * T * d  # per query: T keys x d for q k^T, the same for pattern @ v
+    return 2 * T * (linear + attention + d * V)
+
+
+def lens_product_flops(c, T):
+    """rows x T x 2 x d x V: every row (the input and each block) decoded at every position."""
+    return (c.n_layer + 1) * T * 2 * c.n_embd * c.vocab_size
+
+
+def weight_bytes(c, itemsize=4):
+    return itemsize * c.n_params()
+
+
+def decode_bytes_per_token(c, itemsize=4):
+    """Weights one decoding step reads: all but the position table (one row of it)."""
+    return itemsize * (c.n_params() - c.n_ctx * c.n_embd + c.n_embd)
+
+
+def matmul_rate(n=2048, repeats=5):
+    """NumPy float32 matrix product (n x n) @ (n x n), GFLOP/s (median)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def memory_bandwidth(n_bytes=1 << 30, repeats=5):
+    """GB/s reading a float32 array far larger than the caches: a NumPy sum on one thread, and
+    on two threads (halves; reductions release the GIL). Medians."""
+    a = np.ones(n_bytes // 4, dtype=np.float32)
+    halves = np.array_split(a, 2)
+
+    def two_threads():
+        threads = [threading.Thread(target=np.sum, args=(half,)) for half in halves]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    result = {}
+    for name, fn in (("read_1thread", lambda: a.sum()), ("read_2threads", two_threads)):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        result[name] = n_bytes / statistics.median(times) / 1e9
+    return result
+
+
+def machine_limits(repeats=5):
+    return {"matmul_gflops": matmul_rate(repeats=repeats), **memory_bandwidth(repeats=repeats)}
+
+
+def _read(path, default=""):
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return default
+
+
+def machine_description():
+    """CPU, cores, caches, memory, library versions: what the figures depend on."""
+    import torch
+    import transformers
+
+    cpuinfo = _read("/proc/cpuinfo")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor())
+    caches = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        level, kind, size = (_read(index / f) for f in ("level", "type", "size"))
+        shared = _read(index / "shared_cpu_list")
+        caches.append(f"L{level}{'d' if kind == 'Data' else 'i' if kind == 'Instruction' else ''} {size}"
+                      f" (cpus {shared})")
+    meminfo = _read("/proc/meminfo").splitlines()
+    mem_total = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
+    blas = np.__config__.CONFIG.get("Build Dependencies", {}).get("blas", {})
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "caches": ", ".join(caches),
+        "memory_gib": round(mem_total / 2**20, 1),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": f"{blas.get('name', '?')} {blas.get('version', '?')}",
+        "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+    }
+
+
+def load_average():
+    return _read("/proc/loadavg").split()[:3]
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def alternate(run_a, run_b, repeats, log=None):
+    """A B A B ...: one warm-up each, then `repeats` rounds. Each run returns a number."""
+    run_a(), run_b()
+    a, b = [], []
+    for i in range(repeats):
+        a.append(run_a())
+        b.append(run_b())
+        if log:
+            log(f"    round {i + 1}: {a[-1]:.4g} / {b[-1]:.4g}")
+    return a, b
+
+
+def seconds(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def warm_page_cache(path, chunk=1 << 26):
+    """Read the file once so that loads are timed from a warm page cache."""
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(chunk)
+        while f.readinto(buf):
+            pass
+
+
+def peak_rss_bytes():
+    """This process's peak resident set (VmHWM), in bytes."""
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def test_tokens(T, vocab_size=50257, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab_size, size=T)
+
+
+# ---------------------------------------------------------------------------------------------
+# One side's phase in a fresh process (load, memory; and every phase with --isolate)
+
+
+def worker(side, phase, checkpoint, tokens, repeats, decode_tokens):
+    """Run one side's phase in this (fresh) process; return a JSON-ready dict."""
+    start_faults = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    if side == "minigpt":
+        model = minigpt.load(checkpoint)
+        first = minigpt_forward(model, tokens[:8])
+    else:
+        model = load_hf(checkpoint)
+        first = hf_forward(model, tokens[:8])
+    load_s = time.perf_counter() - start
+    faults = resource.getrusage(resource.RUSAGE_SELF)
+    result = {"load_s": load_s, "minor_faults": faults.ru_minflt - start_faults.ru_minflt,
+              "major_faults": faults.ru_majflt - start_faults.ru_majflt, "first_logits_shape": list(first.shape)}
+    runs = {
+        ("minigpt", "forward"): lambda: seconds(minigpt_forward, model, tokens),
+        ("hf", "forward"): lambda: seconds(hf_forward, model, tokens),
+        ("minigpt", "lens"): lambda: seconds(minigpt_lens, model, tokens),
+        ("hf", "lens"): lambda: seconds(hf_lens, model, tokens),
+        ("minigpt", "lens products"): lambda: seconds(minigpt_lens_products, model, tokens),
+        ("minigpt", "decode"): lambda: tokens_per_second(minigpt_decode(model, tokens, decode_tokens)[1]),
+        ("hf", "decode"): lambda: tokens_per_second(hf_decode(model, tokens, decode_tokens)[1]),
+    }
+    if phase == "memory":
+        (minigpt_lens if side == "minigpt" else hf_lens)(model, tokens) if has_lens() else \
+            (minigpt_forward if side == "minigpt" else hf_forward)(model, tokens)
+        result["peak_rss"] = peak_rss_bytes()
+        result["workload"] = "lens" if has_lens() else "forward"
+    elif phase != "load":
+        run = runs[(side, phase)]
+        run()  # warm-up
+        result["values"] = [run() for _ in range(repeats)]
+    return result
+
+
+def in_subprocess(side, phase, args, tokens_count, repeats=1):
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--worker-phase", phase,
+               "--checkpoint", str(args.checkpoint), "--size", args.size, "--tokens", str(tokens_count),
+               "--repeats", str(repeats), "--decode-tokens", str(args.decode_tokens)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{side} {phase} worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def run_benchmark(args, log=print):
+    c = OFFICIAL[args.size]
+    T = args.tokens
+    tokens = test_tokens(T)
+    prompt = test_tokens(args.decode_prompt, seed=1)
+    isolate = args.isolate or args.size in ISOLATED_SIZES
+    results = {"rows": [], "notes": []}
+
+    def row(phase, ours, theirs, unit, ratio, goal_text, met, rate=""):
+        results["rows"].append({"phase": phase, "minigpt": ours, "hf": theirs, "unit": unit, "ratio": ratio,
+                                "goal": goal_text, "met": met, "rate": rate})
+        log(f"  {phase:14s} minigpt {ours:10.4g} {unit:5s} HF {theirs:10.4g}  ratio {ratio:.2f}  goal {goal_text}"
+            f" {'met' if met else 'MISSED'}  {rate}")
+
+    log(f"machine limits (median of {args.repeats}) ...")
+    limits = machine_limits(args.repeats)
+    results["limits_before"] = limits
+    log(f"  matmul {limits['matmul_gflops']:.0f} GFLOP/s, read {limits['read_1thread']:.1f} GB/s (1 thread), "
+        f"{limits['read_2threads']:.1f} GB/s (2 threads)")
+
+    phases = [p for p in args.phases if not (p == "lens" and not has_lens())]
+    phases = [p for p in phases if not (p == "decode" and not has_decode())]
+    for missing in sorted(set(args.phases) - set(phases)):
+        results["notes"].append(f"{missing}: not run (not available on this branch yet)")
+        log(f"  {missing}: skipped, not available on this branch yet")
+
+    timed = [p for p in phases if p in ("forward", "lens", "decode")]
+    if timed:
+        sides = {}
+        if not isolate:
+            log("loading both models ...")
+            sides = {"minigpt": minigpt.load(args.checkpoint), "hf": load_hf(args.checkpoint)}
+        for phase in timed:
+            log(f"{phase}: {'fresh process per run' if isolate else 'in process'}, A B A B x {args.repeats} ...")
+            pairs = [(phase, "minigpt", "hf")]
+            if phase == "lens":
+                pairs.append(("lens products", "minigpt", None))
+            for name, a, b in pairs:
+                if isolate:
+                    run_a = lambda: in_subprocess(a, name, args, T)["values"][0]  # noqa: E731
+                    run_b = (lambda: in_subprocess(b, name, args, T)["values"][0]) if b else (lambda: 0.0)
+                else:
+                    work = {
+                        "forward": (lambda: seconds(minigpt_forward, sides["minigpt"], tokens),
+                                    lambda: seconds(hf_forward, sides["hf"], tokens)),
+                        "lens": (lambda: seconds(minigpt_lens, sides["minigpt"], tokens),
+                                 lambda: seconds(hf_lens, sides["hf"], tokens)),
+                        "lens products": (lambda: seconds(minigpt_lens_products, sides["minigpt"], tokens),
+                                          lambda: 0.0),
+                        "decode": (lambda: tokens_per_second(minigpt_decode(sides["minigpt"], prompt,
+                                                                            args.decode_tokens)[1]),
+                                   lambda: tokens_per_second(hf_decode(sides["hf"], prompt, args.decode_tokens)[1])),
+                    }
+                    run_a, run_b = work[name]
+                if b is None:  # minigpt only: its product phase
+                    values = [run_a() for _ in range(args.repeats + 1)][1:]
+                    ours = statistics.median(values)
+                    rate = lens_product_flops(c, T) / ours / 1e9
+                    fraction = rate / limits["matmul_gflops"]
+                    row(name, ours, float("nan"), "s", fraction, "≥ 0.75 of matmul", fraction >= GOALS[name],
+                        f"{rate:.0f} GFLOP/s = {fraction:.0%} of matmul")
+                    continue
+                ours, theirs = (statistics.median(v) for v in alternate(run_a, run_b, args.repeats, log))
+                if name == "decode":
+                    ratio = ours / theirs
+                    gbs = ours * decode_bytes_per_token(c) / 1e9
+                    row(name, ours, theirs, "tok/s", ratio, "≥ 1.2", ratio >= GOALS[name],
+                        f"{gbs:.1f} GB/s of weights = {gbs / limits['read_2threads']:.0%} of read bandwidth")
+                else:
+                    ratio = ours / theirs
+                    flops = forward_flops(c, T) + (lens_product_flops(c, T) if name == "lens" else 0)
+                    rate = flops / ours / 1e9
+                    row(name, ours, theirs, "s", ratio, f"≤ {GOALS[name]}", ratio <= GOALS[name],
+                        f"{rate:.0f} GFLOP/s = {rate / limits['matmul_gflops']:.0%} of matmul "
+                        f"(HF {flops / theirs / 1e9:.0f})")
+        sides.clear()
+
+    if "load" in phases or "memory" in phases:
+        path = Path(args.checkpoint) / "model.safetensors"
+        log(f"warming the page cache with {path} ...")
+        warm_page_cache(path)
+    if "load" in phases:
+        log(f"load: fresh process each, A B A B x {args.repeats} ...")
+        runs_a, runs_b = [], []
+        for i in range(args.repeats):
+            runs_a.append(in_subprocess("minigpt", "load", args, T))
+            runs_b.append(in_subprocess("hf", "load", args, T))
+            log(f"    round {i + 1}: {runs_a[-1]['load_s']:.3f} / {runs_b[-1]['load_s']:.3f} s")
+        ours = statistics.median(r["load_s"] for r in runs_a)
+        theirs = statistics.median(r["load_s"] for r in runs_b)
+        faults = statistics.median(r["minor_faults"] for r in runs_a)
+        row("load", ours, theirs, "s", ours / theirs, "< 2 s (gpt2-xl)", ours < GOALS["load"],
+            f"{faults:.0f} minor page faults, first logits of 8 tokens")
+    if "memory" in phases:
+        Tm = args.memory_tokens
+        log(f"memory: one fresh process per side, T = {Tm} ...")
+        a = in_subprocess("minigpt", "memory", args, Tm)
+        b = in_subprocess("hf", "memory", args, Tm)
+        wb = weight_bytes(c)
+        row(f"memory ({a['workload']} T={Tm})", a["peak_rss"] / 1e9, b["peak_rss"] / 1e9, "GB",
+            a["peak_rss"] / wb, "< 1.15 x weights", a["peak_rss"] / wb < GOALS["memory"],
+            f"weights {wb / 1e9:.2f} GB; HF {b['peak_rss'] / wb:.2f} x weights")
+
+    results["limits_after"] = machine_limits(args.repeats)
+    return results
+
+
+def markdown(args, machine, results, started, load_before, load_after):
+    c = OFFICIAL[args.size]
+    lim = results["limits_before"]
+    after = results["limits_after"]
+    lines = [
+        f"## {args.size} shapes, T = {args.tokens} ({started:%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"`python scripts/bench.py {' '.join(args.argv)}` on a random checkpoint in the official layout "
+        f"({c.n_layer} blocks, n_embd {c.n_embd}, {c.n_params() / 1e6:.0f}M parameters, "
+        f"{weight_bytes(c) / 1e9:.2f} GB float32). Medians of {args.repeats} alternating runs (A B A B).",
+        "",
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; caches: "
+        f"{machine['caches']}.",
+        f"- Software: Python {machine['python']}, NumPy {machine['numpy']} ({machine['blas']}, "
+        f"OPENBLAS_CORETYPE={machine['openblas_coretype_env']}), torch {machine['torch']} "
+        f"({machine['torch_threads']} threads), transformers {machine['transformers']}.",
+        f"- Machine limits in this run (before / after the phases): NumPy float32 matmul "
+        f"{lim['matmul_gflops']:.0f} / {after['matmul_gflops']:.0f} GFLOP/s; memory read "
+        f"{lim['read_1thread']:.1f} / {after['read_1thread']:.1f} GB/s on one thread, "
+        f"{lim['read_2threads']:.1f} / {after['read_2threads']:.1f} GB/s on two.",
+        f"- Load average (1, 5, 15 min) before: {' '.join(load_before)}; after: {' '.join(load_after)}.",
+        "",
+        "| phase | minigpt | HuggingFace | ratio | goal | met | rate |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["rows"]:
+        theirs = "" if r["hf"] != r["hf"] else f"{r['hf']:.4g} {r['unit']}"
+        lines.append(f"| {r['phase']} | {r['minigpt']:.4g} {r['unit']} | {theirs} | {r['ratio']:.2f} | "
+                     f"{r['goal']} | {'yes' if r['met'] else '**no**'} | {r['rate']} |")
+    lines += [""] + [f"- {note}" for note in results["notes"]] + ([""] if results["notes"] else [])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="gpt2", choices=list(OFFICIAL))
+    parser.add_argument("--tokens", type=int, default=256, help="sequence length T (default 256)")
+    parser.add_argument("--phases", default="forward,lens,decode,load,memory",
+                        help="comma-separated, from: " + ",".join(PHASES))
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per phase (default 5)")
+    parser.add_argument("--checkpoint", help="checkpoint folder (default weights/random-SIZE, made if missing)")
+    parser.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decoding run (default 32)")
+    parser.add_argument("--decode-prompt", type=int, default=16, help="prompt tokens before decoding (default 16)")
+    parser.add_argument("--memory-tokens", type=int, default=None, help="T for the memory phase (default: --tokens)")
+    parser.add_argument("--isolate", action="store_true", help="every run in a fresh process holding one model")
+    parser.add_argument("--no-append", action="store_true", help="do not append to docs/performance.md")
+    parser.add_argument("--worker", choices=("minigpt", "hf"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-phase", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = [p for p in args.phases if p not in PHASES]
+    if unknown:
+        parser.error(f"unknown phase {unknown[0]!r}: choose from {', '.join(PHASES)}")
+    args.memory_tokens = args.memory_tokens or args.tokens
+    if args.checkpoint is None:
+        args.checkpoint = ROOT / "weights" / f"random-{args.size}"
+    args.checkpoint = Path(args.checkpoint)
+
+    if args.worker:
+        T = args.tokens
+        result = worker(args.worker, args.worker_phase, args.checkpoint,
+                        test_tokens(T) if args.worker_phase != "decode" else test_tokens(16, seed=1),
+                        args.repeats, args.decode_tokens)
+        print(json.dumps(result))
+        return 0
+
+    if not (args.checkpoint / "model.safetensors").exists():
+        from make_checkpoint import write_checkpoint
+
+        print(f"writing a random {args.size} checkpoint to {args.checkpoint} ...")
+        write_checkpoint(args.size, args.checkpoint)
+    machine = machine_description()
+    started = datetime.now(timezone.utc)
+    load_before = load_average()
+    print(f"minigpt vs HuggingFace, {args.size} shapes, T = {args.tokens}; load average {' '.join(load_before)}")
+    results = run_benchmark(args)
+    text = markdown(args, machine, results, started, load_before, load_average())
+    print()
+    print(text)
+    if not args.no_append:
+        doc = ROOT / "docs" / "performance.md"
+        previous = doc.read_text(encoding="utf-8") if doc.exists() else ""
+        with atomic_write(doc, "w", encoding="utf-8") as f:
+            f.write(previous + ("\n" if previous else "") + text)
+        print(f"appended to {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The benchmark's correctness, never its timings: scripts/bench.py's two sides compute the
+same numbers, its FLOP counts are right, and scripts/make_checkpoint.py writes a checkpoint
+that minigpt, the safetensors package and transformers all read alike."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import minigpt
+from minigpt.config import OFFICIAL, Config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import bench  # noqa: E402
+import make_checkpoint  # noqa: E402
+
+TINY = Config(n_layer=2, n_head=4, n_embd=32, n_ctx=64, vocab_size=50257)
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    """A checkpoint written by make_checkpoint.py for a tiny config, and HF's model of it."""
+    directory = make_checkpoint.write_checkpoint(TINY, tmp_path_factory.mktemp("bench") / "tiny", seed=3)
+    return directory, bench.load_hf(directory)
+
+
+def test_make_checkpoint_layout(random_checkpoint):
+    directory, _ = random_checkpoint
+    tensors = load_file(str(directory / "model.safetensors"))  # the safetensors package reads it
+    names = {name for name, _, _ in make_checkpoint.tensor_plan(TINY)}
+    assert set(tensors) == names and len(names) == 4 + 13 * TINY.n_layer
+    assert not any(name.startswith("transformer.") or name.startswith("lm_head") for name in names)
+    mask = tensors["h.1.attn.bias"]
+    assert mask.shape == (1, 1, TINY.n_ctx, TINY.n_ctx) and mask.dtype == np.float32
+    assert np.array_equal(mask[0, 0], np.tril(np.ones((TINY.n_ctx, TINY.n_ctx), np.float32)))
+    model = minigpt.load(directory)
+    assert model.config == TINY
+    for name, array in tensors.items():
+        assert array.dtype == np.float32 and np.isfinite(array).all()
+        if name.endswith(".attn.bias"):
+            continue
+        node = model.params
+        parts = name.split(".")
+        if parts[0] == "h":
+            node, parts = node["h"][int(parts[1])], parts[2:]
+        for key in parts:
+            node = node[key]
+        assert np.array_equal(node, array)
+    gains = tensors["h.0.ln_1.weight"]
+    assert 0.7 < gains.min() and gains.max() < 1.3 and gains.std() > 0.05  # gains around 1, not all 1
+    assert np.abs(tensors["h.0.attn.c_attn.bias"]).max() > 0  # biases randomised too
+
+
+def test_make_checkpoint_official_sizes_header():
+    """The header alone for every official size: the shapes and byte counts the hub's files hold."""
+    for size, config in OFFICIAL.items():
+        plan = make_checkpoint.tensor_plan(config)
+        n_params = sum(np.prod(shape) for name, shape, _ in plan if not name.endswith(".attn.bias"))
+        assert n_params == config.n_params()
+        header = make_checkpoint.header_bytes(plan)
+        assert len(header) % 8 == 0
+    assert OFFICIAL["gpt2"].n_params() == 124_439_808
+    assert make_checkpoint.config_json(OFFICIAL["gpt2-xl"])["n_embd"] == 1600
+
+
+def test_forward_sides_agree(random_checkpoint):
+    directory, hf = random_checkpoint
+    model = minigpt.load(directory)
+    tokens = bench.test_tokens(40)
+    ours, theirs = bench.minigpt_forward(model, tokens), bench.hf_forward(hf, tokens)
+    assert ours.shape == theirs.shape == (40, TINY.vocab_size)
+    assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
+
+
+def test_flop_counts():
+    c = OFFICIAL["gpt2"]
+    T, d, V = 256, 768, 50257
+    per_block = 2 * T * (3 * d * d + d * d + 2 * 4 * d * d) + 2 * 2 * T * T * d
+    assert bench.forward_flops(c, T) == 12 * per_block + 2 * T * d * V
+    assert bench.lens_product_flops(OFFICIAL["gpt2-xl"], 1024) == 49 * 1024 * 2 * 1600 * V
+    assert bench.decode_bytes_per_token(c) == 4 * (c.n_params() - 1024 * d + d)
