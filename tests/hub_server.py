@@ -10,10 +10,11 @@ It answers the requests huggingface_hub's download client makes, as found by rea
 
 Errors carry the `X-Error-Code` header the client turns into RepositoryNotFoundError,
 RevisionNotFoundError or EntryNotFoundError. Every request is logged in `server.requests` as
-(method, path, query) so tests can see exactly what was asked for.
+(method, path, query, Range header) so tests can see exactly what was asked for.
 
 Faults, for tests of interrupted downloads: `server.cut[filename] = n` makes the next n GETs of
-that file send half of the bytes asked for and then close the connection.
+that file promise the rest of the file but send only the bytes before its middle, then hang up
+(a resumed request that starts past the middle gets no byte at all).
 """
 
 import hashlib
@@ -58,7 +59,7 @@ class FakeHub(ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.repos = {}  # "owner/name" -> HubRepo
-        self.requests = []  # (method, path, query)
+        self.requests = []  # (method, path, query, range)
         self.cut = {}  # filename -> how many more GETs of it to cut half way
         self.lock = threading.Lock()
         self.thread = None
@@ -81,7 +82,7 @@ class FakeHub(ThreadingHTTPServer):
 
     def file_requests(self, method="GET"):
         """File names whose bytes (or, with method="HEAD", metadata) were asked for."""
-        return [path.rsplit("/", 1)[1] for m, path, _ in self.log() if m == method and "/resolve/" in path]
+        return [entry[1].rsplit("/", 1)[1] for entry in self.log() if entry[0] == method and "/resolve/" in entry[1]]
 
     def start(self):
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -113,7 +114,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = unquote(url.path)
         with self.server.lock:
-            self.server.requests.append((self.command, path, url.query))
+            self.server.requests.append((self.command, path, url.query, self.headers.get("Range")))
         parts = path.strip("/").split("/")
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
             repo_id, kind, revision = "/".join(parts[2:4]), parts[4], "/".join(parts[5:])
@@ -175,12 +176,12 @@ class _Handler(BaseHTTPRequestHandler):
             cut = self.server.cut.get(filename, 0) > 0
             if cut:
                 self.server.cut[filename] -= 1
-        if cut:  # promise the whole body, send half, hang up
+        if cut:  # promise the rest of the file, send what lies before its middle, hang up
             self.send_response(status)
             for key, value in {**headers, "Content-Length": str(len(body))}.items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
+            self.wfile.write(data[start: max(start, len(data) // 2)])
             self.wfile.flush()
             self.close_connection = True
             return
