@@ -81,6 +81,8 @@ def resolve(source, *, revision=None, local_files_only=False) -> Path:
     """The local folder holding the checkpoint that `source` names: an existing folder, an official
     name (gpt2 ... gpt2-xl) or a hub id owner/name, fetched through the HuggingFace cache."""
     text = os.fspath(source)
+    if not text:
+        raise InputError("no model given: pass a checkpoint folder, an official name such as gpt2-xl, or a hub id owner/name")
     path = Path(text).expanduser()
     repo_id = None if isinstance(source, os.PathLike) or looks_like_path(text) else hub_repo_id(text)
     if path.exists() or repo_id is None:
@@ -238,7 +240,12 @@ def _hub_errors(name, repo_id, revision):
     except hf.HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else "?"
         raise HubError(f"downloading {name} failed: the hub answered HTTP {status}") from None
-    except (OSError, httpx2.TransportError) as err:  # a transfer that failed after huggingface_hub's retries
+    except OSError as err:
+        if err.errno is None:  # huggingface_hub's own checks, e.g. a transfer that ended short
+            raise HubError(f"downloading {name} failed ({_one_line(err)}); no partial file was kept: run the same command again") from None
+        where = f" {err.filename}" if err.filename else ""
+        raise HubError(f"downloading {name} failed:{where} {err.strerror}") from None
+    except httpx2.TransportError as err:  # a transfer that failed after huggingface_hub's retries
         raise HubError(
             f"downloading {name} failed ({_one_line(err)}); no partial file was kept: run the same command again"
         ) from None

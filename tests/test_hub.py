@@ -71,6 +71,8 @@ def test_a_mistyped_folder_is_reported_as_a_missing_folder(tmp_path, monkeypatch
             minigpt.load(typo)
     with pytest.raises(minigpt.CheckpointError, match="not found: gtp2 .*gpt2-xl.*owner/name"):
         minigpt.load("gtp2")
+    with pytest.raises(minigpt.InputError, match="no model given"):
+        minigpt.load("")
 
 
 def test_revision_applies_to_hub_models_only(tiny_checkpoint):
