@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+import huggingface_hub.utils
+
 import minigpt
+from minigpt import hub as minigpt_hub
 from minigpt.hub import MODEL_FILES, hub_repo_id, looks_like_path
 from tests.checkpoints import make_checkpoint
 from tests.conftest import ROOT, run_cli
@@ -197,6 +200,14 @@ def test_a_name_downloads_exactly_the_needed_files_then_loads_from_the_cache(hub
     assert hub.log() == []  # a cached model loads without a single request
 
 
+def test_an_official_name_is_fetched_from_openai_community(hub, checkpoints, expected, tmp_path):
+    hub.add_repo("openai-community/gpt2").commit(files_of_folder(checkpoints["main"], DECOYS))
+    loaded = load_in_subprocess("gpt2", hub_env(hub, tmp_path / "hf"), tmp_path)
+    assert loaded == {"name": "gpt2", "logits": expected["main"]}
+    assert ("GET", "/api/models/openai-community/gpt2/revision/main", "", None) in hub.log()
+    assert sorted(hub.file_requests("GET")) == NEEDED
+
+
 def test_a_model_downloaded_by_transformers_is_not_downloaded_again(hub, expected, tmp_path):
     home = tmp_path / "hf"
     fetch = f"from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained({REPO!r})"
@@ -348,6 +359,9 @@ def test_download_to_a_folder_makes_a_plain_copy(hub, expected, tmp_path):
     assert result.stdout == "weights/tiny\n"
     assert sorted(p.name for p in target.iterdir()) == NEEDED  # no temporary or metadata files
     assert all(p.is_file() and not p.is_symlink() for p in target.iterdir())
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in target.iterdir()} == {0o666 & ~umask}  # as any new file
     assert last_logits(minigpt.load(target)) == expected["main"]
     # a sharded one copies its index and shards
     sharded = run_cli("download", SHARDED, "--to", tmp_path / "sharded", env=hub_env(hub, home), cwd=tmp_path)
@@ -366,3 +380,27 @@ def test_download_refuses_what_is_not_a_model_name(tmp_path, tiny_checkpoint):
 
 def test_model_files_are_the_ones_minigpt_reads():
     assert set(MODEL_FILES) == {"config.json", "model.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt"}
+
+
+def test_an_interrupted_copy_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    source = tmp_path / "model.safetensors"
+    source.write_bytes(bytes(range(256)) * 40)
+    target = tmp_path / "weights" / "model.safetensors"
+    target.parent.mkdir()
+    target.write_bytes(b"the previous copy")
+    monkeypatch.setattr(minigpt_hub, "COPY_CHUNK", 1000)
+    chunks = []
+
+    def update(bar, n=1):  # the progress bar sees each chunk: interrupt on the third
+        chunks.append(n)
+        if len(chunks) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(huggingface_hub.utils.tqdm, "update", update)
+    with pytest.raises(KeyboardInterrupt):
+        minigpt_hub.copy_file(source, target)
+    assert [p.name for p in target.parent.iterdir()] == ["model.safetensors"]
+    assert target.read_bytes() == b"the previous copy"
+    monkeypatch.undo()
+    minigpt_hub.copy_file(source, target)
+    assert target.read_bytes() == source.read_bytes()
