@@ -137,10 +137,12 @@ def hub(checkpoints):
 
 
 def hub_env(hub, home, offline=False):
+    """The environment of a process using `hub` (None: nothing listening) and a cache in `home`.
+    The model cache is set apart from HF_HOME's default (HF_HOME/hub) to show HF_HUB_CACHE is used."""
     return {
         "HF_ENDPOINT": hub.url if hub is not None else "http://127.0.0.1:9",
         "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(Path(home) / "hub"),
+        "HF_HUB_CACHE": str(Path(home) / "models"),
         "HF_HUB_OFFLINE": "1" if offline else "0",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_ETAG_TIMEOUT": "5",
@@ -173,7 +175,8 @@ def load_all_in_subprocess(jobs, env, cwd):
     """Several minigpt.load(source, **kwargs) one after the other in one fresh process."""
     result = subprocess.run(
         [sys.executable, "-c", LOAD, json.dumps(jobs)],
-        env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={key: value for key, value in {**os.environ, **env}.items() if value is not None},
+        cwd=cwd, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.strip().splitlines()]
@@ -192,7 +195,7 @@ def test_a_name_downloads_exactly_the_needed_files_then_loads_from_the_cache(hub
     requested = " ".join(entry[1] for entry in hub.log())
     for decoy in DECOYS:
         assert decoy not in requested
-    snapshot = next((home / "hub" / "models--acme--tiny-gpt2" / "snapshots").iterdir())
+    snapshot = next((home / "models" / "models--acme--tiny-gpt2" / "snapshots").iterdir())
     assert sorted(p.name for p in snapshot.iterdir()) == NEEDED
 
     hub.clear_log()
@@ -227,6 +230,13 @@ def test_a_model_downloaded_by_transformers_is_not_downloaded_again(hub, expecte
     assert sorted(hub.file_requests("GET")) == ["merges.txt", "vocab.json"]
 
 
+def test_without_hf_hub_cache_the_cache_is_in_hf_home(hub, expected, tmp_path):
+    env = {**hub_env(hub, tmp_path / "hf"), "HF_HUB_CACHE": None}
+    assert load_in_subprocess(REPO, env, tmp_path)["logits"] == expected["main"]
+    assert (tmp_path / "hf" / "hub" / "models--acme--tiny-gpt2" / "snapshots").is_dir()
+    assert not (tmp_path / "hf" / "models").exists()
+
+
 def test_offline_with_a_cache_hit_loads(hub, expected, tmp_path):
     home = tmp_path / "hf"
     assert "error" not in load_in_subprocess(REPO, hub_env(hub, home), tmp_path)
@@ -245,7 +255,7 @@ def test_offline_with_a_cache_miss_says_what_to_do(hub, tmp_path):
         assert failed["error"] == "ModelNotCachedError"
         message = failed["message"]
         assert message.startswith(source)
-        assert "not in the HuggingFace cache" in message and str(tmp_path / "hf" / "hub") in message
+        assert "not in the HuggingFace cache" in message and str(tmp_path / "hf" / "models") in message
         assert "offline mode is on" in message
         assert f"minigpt download {source}" in message and "local checkpoint folder" in message
         assert "\n" not in message
@@ -336,7 +346,7 @@ def test_download_command_fills_the_cache_and_prints_where(hub, expected, tmp_pa
     result = run_cli("download", REPO, env=hub_env(hub, home), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     commit = hub.repos[REPO].refs["main"]
-    assert result.stdout == f"{home / 'hub' / 'models--acme--tiny-gpt2' / 'snapshots' / commit}\n"
+    assert result.stdout == f"{home / 'models' / 'models--acme--tiny-gpt2' / 'snapshots' / commit}\n"
     assert sorted(hub.file_requests("GET")) == NEEDED
     # once cached, a second download only asks the hub whether anything changed
     hub.clear_log()
