@@ -12,11 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+import huggingface_hub.utils
 import pytest
 from safetensors.numpy import load_file, save_file
-
-import huggingface_hub.utils
 
 import minigpt
 from minigpt import hub as minigpt_hub
