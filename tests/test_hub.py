@@ -321,6 +321,19 @@ def test_an_interrupted_transfer_is_retried(hub, expected, tmp_path):
     assert [entry[3] for entry in transfers] == [None, None]
 
 
+def test_a_large_interrupted_transfer_resumes_where_it_broke(hub, tmp_path):
+    # Larger than two of huggingface_hub's 10 MiB write chunks, so a cut half way keeps one chunk.
+    folder, _ = make_checkpoint(tmp_path / "wide", seed=23, n_layer=1, n_embd=128, n_head=4, n_ctx=16)
+    size = (folder / "model.safetensors").stat().st_size
+    assert size > 2 * 10 * 2**20
+    hub.add_repo("acme/wide-gpt2").commit(files_of_folder(folder))
+    hub.cut["model.safetensors"] = 1
+    loaded = load_in_subprocess("acme/wide-gpt2", hub_env(hub, tmp_path / "hf"), tmp_path)
+    assert loaded["logits"] == last_logits(minigpt.load(folder))
+    transfers = [entry[3] for entry in hub.log() if entry[0] == "GET" and entry[1].endswith("/model.safetensors")]
+    assert transfers == [None, f"bytes={10 * 2**20}-"]  # the second asks only for what was missing
+
+
 def test_a_transfer_that_keeps_failing_is_reported_and_never_used(hub, expected, tmp_path):
     home = tmp_path / "hf"
     hub.cut["model.safetensors"] = 100  # the connection always drops half way
