@@ -302,13 +302,7 @@ def copy_file(source: Path, target: Path):
     with open(source, "rb") as src, atomic_write(target, "wb") as out, tqdm(
         total=size, unit="B", unit_scale=True, desc=f"Copying {target.name}", disable=size < COPY_PROGRESS_FROM
     ) as bar:
-        os.fchmod(out.fileno(), 0o666 & ~_umask())  # as a plain new file: the temporary file is private (0600)
         while chunk := src.read(COPY_CHUNK):
             out.write(chunk)
             bar.update(len(chunk))
 
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
