@@ -23,6 +23,7 @@ import numpy as np
 from .checkpoint import load_params
 from .config import Config, read_config
 from .errors import InputError
+from .rowwise import rowwise
 from .tokenizer import Tokenizer
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)  # a Python float: a NumPy float64 scalar would promote float32 arrays
@@ -41,6 +42,7 @@ def normalize(x, eps):
     return centered
 
 
+@rowwise  # large inputs: in cache-sized blocks of rows, on every core (rowwise.py)
 def layer_norm(x, weight, bias, eps):
     """LayerNorm with its learned gain (`weight`) and bias. (..., d) -> (..., d)"""
     y = normalize(x, eps)
@@ -56,6 +58,7 @@ def linear(x, weight, bias):
     return y
 
 
+@rowwise
 def gelu_new(x):
     """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     inner = x * x
@@ -70,10 +73,11 @@ def gelu_new(x):
     return inner
 
 
-def softmax(x, out=None):
-    """Softmax over the last axis, shifted by the maximum so exp never overflows.
-    exp(x - max) / sum(exp(x - max)); `out=x` computes it in place (no second array)."""
-    e = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+@rowwise
+def softmax(x):
+    """Softmax over the last axis, shifted by the maximum so exp never overflows:
+    exp(x - max) / sum(exp(x - max)). `softmax(x, out=x)` writes it in place."""
+    e = x - x.max(axis=-1, keepdims=True)
     np.exp(e, out=e)
     e /= e.sum(axis=-1, keepdims=True)
     return e
