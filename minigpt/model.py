@@ -127,7 +127,8 @@ def self_attention(x, attn, n_head):
 
 def mlp(x, p):
     """Position-wise feed-forward: c_proj(gelu_new(c_fc(x))). (T, d) -> (T, d) via (T, 4d)."""
-    return linear(gelu_new(linear(x, **p["c_fc"])), **p["c_proj"])
+    h = linear(x, **p["c_fc"])  # (T, 4d)
+    return linear(gelu_new(h, out=h), **p["c_proj"])  # GELU in place: no second (T, 4d) array
 
 
 def block(resid, p, n_head, eps):
@@ -150,7 +151,7 @@ class Trace:
 
     tokens: np.ndarray  # (T,) int64
     residual: np.ndarray  # (n_layer + 1, T, d): [0] embeddings, [l] after block l, before ln_f
-    resid_mid: np.ndarray  # (n_layer, T, d): [l] after block l+1's attention, before its MLP
+    resid_mid: np.ndarray | None  # (n_layer, T, d): [l] after block l+1's attention, before its MLP
     logits: np.ndarray  # (T, vocab_size)
     attention: np.ndarray | None = None  # (n_layer, n_head, T, T) when asked for
 
@@ -217,24 +218,28 @@ class GPT2:
     def unembed(self, x):
         return unembed(x, self.params)
 
-    def run(self, tokens_or_text, keep_attention: bool = False) -> Trace:
+    def run(self, tokens_or_text, keep_attention: bool = False, keep_resid_mid: bool = True) -> Trace:
         """One forward pass, keeping the residual stream after the embeddings, after every
-        attention sub-block and after every block."""
+        attention sub-block (unless keep_resid_mid=False: trace.resid_mid is then None, which
+        saves n_layer x T x d floats, 315 MB for gpt2-xl at T = 1024) and after every block."""
         tokens = self.to_tokens(tokens_or_text)
         c, p = self.config, self.params
         T = len(tokens)
         residual = np.empty((c.n_layer + 1, T, c.n_embd), dtype=self.dtype)
-        resid_mid = np.empty((c.n_layer, T, c.n_embd), dtype=self.dtype)
+        resid_mid = np.empty((c.n_layer, T, c.n_embd), dtype=self.dtype) if keep_resid_mid else None
         attention = np.empty((c.n_layer, c.n_head, T, T), dtype=self.dtype) if keep_attention else None
 
         residual[0] = embed(tokens, p["wte"]["weight"], p["wpe"]["weight"])
         for l, block_params in enumerate(p["h"]):
-            resid_mid[l], residual[l + 1], pattern = block(residual[l], block_params, c.n_head, c.layer_norm_epsilon)
+            mid, residual[l + 1], pattern = block(residual[l], block_params, c.n_head, c.layer_norm_epsilon)
+            if keep_resid_mid:
+                resid_mid[l] = mid
             if keep_attention:
                 attention[l] = pattern
+            del mid, pattern  # the pattern is (H, T, T), 105 MB for gpt2-xl at T = 1024: free it now
         logits = self.unembed(self.final_norm(residual[-1]))
         return Trace(tokens=tokens, residual=residual, resid_mid=resid_mid, logits=logits, attention=attention)
 
     def logits(self, tokens_or_text) -> np.ndarray:
         """(T, vocab_size) next-token logits."""
-        return self.run(tokens_or_text).logits
+        return self.run(tokens_or_text, keep_resid_mid=False).logits

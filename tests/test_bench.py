@@ -81,3 +81,14 @@ def test_flop_counts():
     assert bench.forward_flops(c, T) == 12 * per_block + 2 * T * d * V
     assert bench.lens_product_flops(OFFICIAL["gpt2-xl"], 1024) == 49 * 1024 * 2 * 1600 * V
     assert bench.decode_bytes_per_token(c) == 4 * (c.n_params() - 1024 * d + d)
+
+
+def test_run_without_resid_mid(random_checkpoint):
+    """The lighter forward pass the lens and the benchmark's memory phase rely on."""
+    directory, _ = random_checkpoint
+    model = minigpt.load(directory)
+    tokens = bench.test_tokens(33)
+    full, light = model.run(tokens), model.run(tokens, keep_resid_mid=False)
+    assert light.resid_mid is None and full.resid_mid.shape == (TINY.n_layer, 33, TINY.n_embd)
+    assert np.array_equal(full.residual, light.residual) and np.array_equal(full.logits, light.logits)
+    assert np.array_equal(model.logits(tokens), full.logits)
