@@ -49,6 +49,7 @@ CELL_CHARS, TICK_CHARS = 12, 16  # longer tokens are cut, with "…"
 MARGIN_LEFT, MARGIN_RIGHT = 1.0, 1.5  # row labels; colour bar and its label
 AXIS_LABEL_HEIGHT, TITLE_HEIGHT = 0.4, 0.45  # inches above/below the tilted tick labels
 COLORBAR_WIDTH, COLORBAR_GAP = 0.22, 0.25
+MIN_GRID_HEIGHT = 1.0  # inches: room for the colour bar of a model with few rows
 OUTLINE_COLOR = "#ff7f0e"  # orange: visible on the black and on the white end of every scale
 DPI = 100
 
@@ -242,13 +243,13 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
     margin_bottom = _tilted_height(inputs, TICK_FONT) + AXIS_LABEL_HEIGHT
     margin_top = _tilted_height(targets, TICK_FONT) + AXIS_LABEL_HEIGHT + TITLE_HEIGHT
     width = MARGIN_LEFT + grid_w + COLORBAR_GAP + COLORBAR_WIDTH + MARGIN_RIGHT
-    height = margin_bottom + max(grid_h, 1.5) + margin_top
+    height = margin_bottom + max(grid_h, MIN_GRID_HEIGHT) + margin_top
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((MARGIN_LEFT / width, margin_bottom / height, grid_w / width, grid_h / height))
     cax = fig.add_axes((
         (MARGIN_LEFT + grid_w + COLORBAR_GAP) / width, margin_bottom / height,
-        COLORBAR_WIDTH / width, max(grid_h, 1.5) / height,
+        COLORBAR_WIDTH / width, max(grid_h, MIN_GRID_HEIGHT) / height,
     ))
 
     image = ax.imshow(
