@@ -203,9 +203,12 @@ def run_lens(args) -> int:
     )
 
     if args.json is not None:
+        try:
+            text = json.dumps(result.to_dict(), allow_nan=False)  # strict JSON: no NaN, no Infinity
+        except ValueError:
+            raise MiniGPTError(f"cannot write {args.json}: the lens result holds an infinite number") from None
         with atomic_write(args.json, "w", encoding="utf-8") as f:
-            json.dump(result.to_dict(), f, allow_nan=False)
-            f.write("\n")
+            f.write(text + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
 
     if args.out is None:

@@ -276,7 +276,7 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
 
     # Axes: rows on the left, input tokens at the bottom, true next tokens (starred) on top.
     ax.set_yticks(range(n_rows), [str(label) for label in result.labels], fontsize=TICK_FONT)
-    ax.set_ylabel("lens row (block output)", fontsize=LABEL_FONT)
+    ax.set_ylabel("layer", fontsize=LABEL_FONT)
     ax.set_xticks(range(n_cols), inputs, rotation=45, ha="right", rotation_mode="anchor", fontsize=TICK_FONT)
     first, last = int(result.positions[cols[0]]), int(result.positions[cols[-1]])
     ax.set_xlabel(

@@ -126,6 +126,7 @@ def test_every_view_says_what_the_lens_computed(view, result):
     ]
     assert all(t.get_rotation() == 45 for t in bottom)
     assert [t.get_text() for t in ax.get_yticklabels()] == list(result.labels)
+    assert ax.get_ylabel() == "layer"
     assert ax.get_ylim()[0] < ax.get_ylim()[1]  # row 0 (input) at the bottom
     assert ax.get_xlabel() == f"input token (positions 0–{len(result.tokens) - 1} of {len(result.tokens)})"
 
