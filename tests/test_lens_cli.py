@@ -107,8 +107,10 @@ def test_table_fits_a_narrow_width(model):
 
 
 def test_top_down_option(checkpoint):
-    lines = ok(lens_cli(checkpoint, TEXT, "--top-down")).stdout.splitlines()
+    proc = ok(lens_cli(checkpoint, TEXT, "--top-down", "--view", "kl"))
+    lines = proc.stdout.splitlines()
     assert lines[3].startswith("input") and lines[3 + 2].startswith("h1")
+    assert proc.stderr == "minigpt: note: --view kl needs --out FILE to draw a figure; printing the table\n"
 
 
 def test_display_width_and_cut():
@@ -195,10 +197,11 @@ def test_json_positions_stride_subblocks_norm(checkpoint, deep_checkpoint, model
     assert data["positions"] == list(range(n_tokens - 3, n_tokens)) and data["labels"] == ["input", "h0", "h3", "h4"]
     assert data["target_tokens"][-1] == -1
 
-    proc = ok(lens_cli(checkpoint, TEXT, "--positions", "1,3", "--subblocks", "--json", out))
+    proc = ok(lens_cli(checkpoint, TEXT, "--positions", "1,3", "--subblocks", "--norm", "normalize", "--json", out))
     data = load_json(out)
     assert data["positions"] == [1, 3] and data["labels"] == ["input", "h0.attn", "h0", "h1.attn", "h1"]
-    assert "positions 1, 3" in proc.stdout.splitlines()[0]  # --json alone still prints the table
+    assert data["norm"] == "normalize"
+    assert "(norm normalize)" in proc.stdout.splitlines()[0] and "positions 1, 3" in proc.stdout.splitlines()[0]
 
 
 def test_parse_and_resolve_positions():
@@ -226,6 +229,7 @@ def test_bad_text_and_options(checkpoint, tmp_path):
     one_line_error(lens_cli(checkpoint, "--file", empty), "text is empty")
     one_line_error(lens_cli(checkpoint), "no text given")
     one_line_error(lens_cli(checkpoint, TEXT, "--view", "bananas"), "unknown view 'bananas'", "input-ranks")
+    one_line_error(lens_cli(checkpoint, TEXT, "--norm", "bananas"), "unknown --norm 'bananas'", "ln_f")
     one_line_error(lens_cli(checkpoint, TEXT, "--stride", "0"), "--stride must be at least 1")
     one_line_error(lens_cli(checkpoint, TEXT, "--positions", "x"), "--positions 'x'")
     one_line_error(lens_cli(checkpoint, TEXT, "--positions", "99"), "outside the text's 14 tokens")

@@ -49,6 +49,12 @@ def result(model, starred_tokens):
     return lens.logit_lens(model, starred_tokens)
 
 
+@pytest.fixture(scope="module")
+def figures(result):
+    """Every view's figure, drawn once through its own function."""
+    return {view: function(result) for view, function in FUNCTIONS.items()}
+
+
 # -- reading a figure back -------------------------------------------------------------------
 
 
@@ -101,8 +107,8 @@ def outlined_cells(fig) -> set:
 
 
 @pytest.mark.parametrize("view", list(FUNCTIONS))
-def test_every_view_says_what_the_lens_computed(view, result):
-    fig = FUNCTIONS[view](result)
+def test_every_view_says_what_the_lens_computed(view, result, figures):
+    fig = figures[view]
     tokenizer = result.tokenizer
     n_rows, n_cols = result.top1.shape
     assert isinstance(fig, matplotlib.figure.Figure)
@@ -146,7 +152,7 @@ def test_every_view_says_what_the_lens_computed(view, result):
     assert result.model_name in fig.texts[0].get_text()
 
 
-def test_colours_are_the_views_quantities(result):
+def test_colours_are_the_views_quantities(result, figures):
     """The image holds the numbers each view is about, with the post's colour scales."""
     def image(fig):
         (im,) = grid_axes(fig).images
@@ -156,7 +162,7 @@ def test_colours_are_the_views_quantities(result):
         "logits": result.logit_final, "probs": result.prob_final, "ranks": result.rank_final,
         "kl": result.kl_final, "input-kl": result.kl_input, "input-ranks": result.rank_input,
     }
-    images = {view: image(plot.draw(result, view)) for view in FUNCTIONS}
+    images = {view: image(fig) for view, fig in figures.items()}
     for view, im in images.items():
         np.testing.assert_allclose(np.ma.getdata(im.get_array()), expected[view], rtol=1e-6)
     assert (images["probs"].norm.vmin, images["probs"].norm.vmax) == (0.0, 1.0)
