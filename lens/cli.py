@@ -25,7 +25,7 @@ from minigpt.files import atomic_write, check_output_path
 
 from .decode import NORMS
 from .examples import EXAMPLES
-from .plot import FORMATS, MAX_COLUMNS, VIEWS
+from .plot import FORMATS, MAX_COLUMNS, VIEWS, describe_positions
 
 TABLE_WIDTH = 100  # characters the terminal table aims to fit in
 TABLE_CELL_CHARS = 10  # longer tokens are cut, with "…"
@@ -290,13 +290,7 @@ def format_table(result, top_down=False, width=TABLE_WIDTH) -> str:
 
     rule = "-" * (label_width + 1) + "+" + "-" * (used - label_width - 2)
     order = range(len(labels)) if top_down else range(len(labels) - 1, -1, -1)
-    shown_positions = [int(p) for p in result.positions[n_positions - len(columns):]]
-    if len(shown_positions) == 1:
-        shown = f"position {shown_positions[0]}"
-    elif shown_positions[-1] - shown_positions[0] == len(shown_positions) - 1:
-        shown = f"positions {shown_positions[0]}–{shown_positions[-1]}"
-    else:
-        shown = "positions " + ", ".join(map(str, shown_positions))
+    shown = describe_positions(result.positions[n_positions - len(columns):])
     lines = [
         f"logit lens on {result.model_name} (norm {result.norm}): top-1 guess of each row, "
         f"{shown} of {len(result.tokens)} tokens",

@@ -221,6 +221,8 @@ def test_decoding_a_subset_of_positions(model, starred_tokens):
         expected_text(result.tokenizer, t, plot.TICK_CHARS) for t in starred_tokens[2:5]
     ]
     assert grid_axes(fig).get_xlabel() == f"input token (positions 2–4 of {len(starred_tokens)})"
+    result = lens.logit_lens(model, starred_tokens, positions=[1, 3, 9])
+    assert grid_axes(plot.kl(result)).get_xlabel() == f"input token (positions 1, 3, 9 of {len(starred_tokens)})"
 
 
 def test_tokens_the_font_lacks_are_escaped_not_drawn_as_boxes(model, tmp_path):
