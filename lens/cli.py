@@ -204,11 +204,11 @@ def run_lens(args) -> int:
 
     if args.json is not None:
         try:
-            text = json.dumps(result.to_dict(), allow_nan=False)  # strict JSON: no NaN, no Infinity
+            numbers = json.dumps(result.to_dict(), allow_nan=False)  # strict JSON: no NaN, no Infinity
         except ValueError:
             raise MiniGPTError(f"cannot write {args.json}: the lens result holds an infinite number") from None
         with atomic_write(args.json, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+            f.write(numbers + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
 
     if args.out is None:
