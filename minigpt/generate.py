@@ -107,8 +107,9 @@ def top_k_ids(logits, k):
 def softmax_at_temperature(logits, temperature):
     """softmax(logits / temperature) in float64: the few candidates' probabilities, summed
     exactly enough that a long tail of small ones is not lost to float32 rounding."""
-    z = logits.astype(np.float64) / temperature
-    e = np.exp(z - z.max())
+    z = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # a tiny temperature sends z - max to -inf: exp gives 0, as it should
+        e = np.exp((z - z.max()) / temperature)  # shifted first (≤ 0), so never inf - inf
     return e / e.sum()
 
 

@@ -88,8 +88,8 @@ def test_cached_logits_equal_full_forward_at_every_step(untied):
     check_cached_logits(minigpt.load(untied[0]), rtol=1e-5)
 
 
-def test_cached_logits_equal_full_forward_in_float64(untied):
-    check_cached_logits(minigpt.load(untied[0], dtype=np.float64), rtol=1e-12)
+def test_cached_logits_equal_full_forward_in_float64(tiny_checkpoint):
+    check_cached_logits(minigpt.load(tiny_checkpoint[0], dtype=np.float64), rtol=1e-12)
 
 
 def check_cached_logits(model, rtol):
@@ -195,6 +195,7 @@ def test_support_on_known_distributions():
     assert seen(top_k=3, top_p=1.0) == {1, 3, 2}
     assert seen(top_k=3, top_p=0.6) == {1, 3}  # nucleus of the renormalised top 3: 0.53, 0.32, ...
     assert seen(temperature=0) == {1}
+    assert seen(temperature=1e-320) == {1}  # a vanishing temperature tends to greedy, without NaNs
     assert seen() == {0, 1, 2, 3}
     # a nucleus far beyond the first 64 candidates (nearly flat logits over the full vocabulary)
     flat = rng.normal(scale=0.01, size=50257).astype(np.float32)
