@@ -116,6 +116,23 @@ def check_cached_logits(model, rtol):
     np.testing.assert_allclose(cache.keys[0], k, rtol=rtol, atol=rtol * np.abs(k).max())
 
 
+def test_prompt_runs_once_then_one_position_per_token(tiny_checkpoint, monkeypatch):
+    import minigpt.generate as generate_module
+
+    model = minigpt.load(tiny_checkpoint[0])
+    steps = []
+    real_step = generate_module.forward_step
+
+    def counting_step(tokens, *args):
+        steps.append(len(tokens))
+        return real_step(tokens, *args)
+
+    monkeypatch.setattr(generate_module, "forward_step", counting_step)
+    new = model.generate([5, 6, 7, 8, 9], 12, temperature=0, stop_at_eos=False)
+    # the prompt once, then each new token but the last (nothing reads the last one's logits)
+    assert steps == [5] + [1] * 11 and len(new) == 12
+
+
 def test_stream_yields_what_generate_returns(tiny_checkpoint):
     model = minigpt.load(tiny_checkpoint[0])
     stream = model.stream("Once upon a time", 12, top_k=50, seed=5)
