@@ -28,7 +28,10 @@ def load(source, *, dtype=np.float32) -> GPT2:
     `dtype=np.float64` converts every weight, for auditing numerical error; float32 weights are
     otherwise memory-mapped from the file, not copied.
     """
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # e.g. "bfloat16", which NumPy does not know
+        raise InputError(f"dtype must be float32 or float64, found {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise InputError(f"dtype must be float32 or float64, found {dtype}")
     directory = Path(source)
