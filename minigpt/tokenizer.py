@@ -47,18 +47,27 @@ def bytes_to_unicode() -> dict:
     return table
 
 
+def _read_text(path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise TokenizerError(f"cannot read tokenizer file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path} is not UTF-8 text") from None
+
+
 def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
     """{token bytes: id} from vocab.json, checked against merges.txt; and the special tokens."""
     char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
     try:
-        vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
-        merges = Path(merges_path).read_text(encoding="utf-8").split("\n")
-    except OSError as err:
-        raise TokenizerError(f"cannot read tokenizer file: {err}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        vocab = json.loads(_read_text(vocab_path))
+    except json.JSONDecodeError:
         raise TokenizerError(f"{vocab_path} is not a valid vocabulary JSON file") from None
-    if not isinstance(vocab, dict):
-        raise TokenizerError(f"{vocab_path} is not a JSON object of token → id")
+    # splitlines also drops a "\r" (CRLF files); the other breaks it knows never occur in
+    # GPT-2's byte alphabet, where control and blank characters are written as chr(256 + k).
+    merges = _read_text(merges_path).splitlines()
+    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
+        raise TokenizerError(f"{vocab_path} is not a JSON object of token → integer id")
 
     special = {token: i for token, i in vocab.items() if token == EOT}
     ranks = {}
@@ -84,10 +93,11 @@ def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
         merged = "".join(parts)
         if len(parts) != 2 or vocab.get(merged) != 256 + i:
             raise TokenizerError(f"{merges_path} merge {i + 1} ({line!r}) does not match {vocab_path}")
-    if len(ranks) != 256 + len(lines):
+    # Every id from 0 to 256 + len(lines) - 1 exactly once: no token that no merge makes, no id twice.
+    if sorted(ranks.values()) != list(range(256 + len(lines))):
         raise TokenizerError(
-            f"{vocab_path} holds {len(ranks)} tokens but 256 bytes + {len(lines)} merges in {merges_path} "
-            f"make {256 + len(lines)}"
+            f"{vocab_path} holds {len(ranks)} ordinary tokens, but its ids are not exactly 0 .. "
+            f"{256 + len(lines) - 1} (256 bytes + {len(lines)} merges in {merges_path})"
         )
     return ranks, special
 

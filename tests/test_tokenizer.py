@@ -299,5 +299,34 @@ def test_broken_tokenizer_files_are_refused(tmp_path):
 
     vocab = write_tiny_bpe(tmp_path)
     (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ t\n", encoding="utf-8")  # too few merges
-    with pytest.raises(TokenizerError, match="holds 262 tokens but 256 bytes \\+ 1 merges"):
+    with pytest.raises(TokenizerError, match=r"holds 262 ordinary tokens, but its ids are not exactly 0 .. 256 "):
         Tokenizer.from_directory(tmp_path)
+
+    vocab = write_tiny_bpe(tmp_path)
+    vocab["a"] = 5  # the id of another byte token, twice (and 97 unused)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"ids are not exactly 0 .. 261"):
+        Tokenizer.from_directory(tmp_path)
+
+    vocab["a"] = "97"
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"vocab.json is not a JSON object of token → integer id"):
+        Tokenizer.from_directory(tmp_path)
+
+    write_tiny_bpe(tmp_path)
+    (tmp_path / "merges.txt").write_bytes(b"#version: 0.2\n\xff\xfe\n")
+    with pytest.raises(TokenizerError, match=r"merges.txt is not UTF-8 text"):
+        Tokenizer.from_directory(tmp_path)
+
+
+def test_merges_with_crlf_line_endings(tmp_path, ours):
+    write_tiny_bpe(tmp_path)
+    merges = tmp_path / "merges.txt"
+    merges.write_bytes(merges.read_bytes().replace(b"\n", b"\r\n"))
+    assert Tokenizer.from_directory(tmp_path).encode(" the hello") == [258, 32, 261]
+    # the official files with CRLF (as a Windows checkout could write them): same tokenizer
+    shutil.copy(tok.DATA / "encoder.json", tmp_path / "vocab.json")
+    merges.write_bytes((tok.DATA / "vocab.bpe").read_bytes().replace(b"\n", b"\r\n"))
+    crlf = Tokenizer.from_directory(tmp_path)
+    assert crlf is not ours
+    assert crlf.encoding._mergeable_ranks == ours.encoding._mergeable_ranks
