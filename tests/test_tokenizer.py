@@ -139,6 +139,17 @@ def test_random_text_matches_huggingface(ours, hf, text):
     assert ours.decode(ids) == text
 
 
+# Random ids: whole tokens, and the byte tokens that split characters (ids 0-255 in GPT-2's byte
+# order, and merges of partial UTF-8 such as 447 = e2 80), so decode must repair invalid UTF-8.
+RANDOM_IDS = st.lists(st.one_of(st.integers(0, 50256), st.integers(0, 700)), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=RANDOM_IDS)
+def test_decoding_random_ids_matches_huggingface(ours, hf, ids):
+    assert ours.decode(ids) == hf.decode(ids)
+
+
 def test_lone_surrogate_is_refused(ours):
     with pytest.raises(InputError, match="index 1"):
         ours.encode("a\ud800b")
