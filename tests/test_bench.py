@@ -92,3 +92,40 @@ def test_run_without_resid_mid(random_checkpoint):
     assert light.resid_mid is None and full.resid_mid.shape == (TINY.n_layer, 33, TINY.n_embd)
     assert np.array_equal(full.residual, light.residual) and np.array_equal(full.logits, light.logits)
     assert np.array_equal(model.logits(tokens), full.logits)
+
+
+def test_lens_sides_agree(random_checkpoint):
+    """minigpt's lens and the torch computation from HF's hidden states (float32 both): the same
+    cells, up to float32 near-ties (ranks within the range a 1e-4 logit error allows)."""
+    import torch
+
+    from tests.lens_reference import torch_lens
+
+    directory, hf = random_checkpoint
+    model = minigpt.load(directory)
+    tokens = bench.test_tokens(24)
+    ours = bench.minigpt_lens(model, tokens)
+    theirs = bench.hf_lens(hf, tokens)
+    ranges = torch_lens(hf, tokens, dtype=torch.float32, tolerance=1e-4)
+    clear = ranges["top1_margin"] > 1e-3
+    assert clear.mean() > 0.9 and np.array_equal(ours.top1[clear], theirs["top1"][clear])
+    for name in ("rank_final", "rank_input"):
+        rank = getattr(ours, name)
+        assert np.all((ranges[f"{name}_min"] <= rank) & (rank <= ranges[f"{name}_max"])), name
+    for name in ("kl_final", "kl_input", "entropy", "logprob_target"):
+        a, b = getattr(ours, name), theirs[name]
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        assert np.nanmax(np.abs(a - b)) < 1e-3, name
+    product_rows = bench.minigpt_lens_products(model, tokens)
+    assert product_rows == TINY.n_layer + 1
+
+
+def test_decode_sides_agree(random_checkpoint):
+    directory, hf = random_checkpoint
+    model = minigpt.load(directory)
+    prompt = bench.test_tokens(5, seed=1)
+    ours, our_stamps = bench.minigpt_decode(model, prompt, 12)
+    theirs, their_stamps = bench.hf_decode(hf, prompt, 12)
+    assert ours == theirs and len(ours) == 12
+    assert len(our_stamps) == len(their_stamps) == 12
+    assert bench.tokens_per_second(our_stamps) > 0 and bench.tokens_per_second(their_stamps) > 0
