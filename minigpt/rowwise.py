@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 BLOCK_ELEMENTS = 1 << 16  # values per block: 256 KB of float32
+THREADED_ELEMENTS = 1 << 18  # below this, waking another thread costs about what it saves
 N_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 _pool = None
@@ -58,7 +59,8 @@ def rowwise(step):
                 block = slice(start, start + per_block)
                 result_rows[block] = step(rows[block], *args, **kwargs)
 
-        shares = [starts[i::N_THREADS] for i in range(N_THREADS)]  # interleaved: equal work per thread
+        n_threads = N_THREADS if x.size >= THREADED_ELEMENTS else 1
+        shares = [starts[i::n_threads] for i in range(n_threads)]  # interleaved: equal work per thread
         futures = [_executor().submit(run, share) for share in shares[1:] if len(share)]
         run(shares[0])  # this thread takes a share too
         for future in futures:

@@ -22,11 +22,14 @@ def test_blocks_equal_whole_array(big):
         (model.softmax, ()),
         (model.layer_norm, (weight, bias, 1e-5)),
     ]
-    for step, args in cases:
-        blocked = step(big, *args)
-        plain = step.__wrapped__(big, *args)
-        assert blocked.shape == big.shape and blocked.dtype == np.float32
-        assert np.array_equal(blocked, plain), step.__name__
+    one_thread = big[0]  # blocks, but below the size worth a second thread
+    assert 2 * rowwise.BLOCK_ELEMENTS <= one_thread.size < rowwise.THREADED_ELEMENTS <= big.size
+    for x in (big, one_thread):
+        for step, args in cases:
+            blocked = step(x, *args)
+            plain = step.__wrapped__(x, *args)
+            assert blocked.shape == x.shape and blocked.dtype == np.float32
+            assert np.array_equal(blocked, plain), step.__name__
 
 
 def test_out_in_place(big):
