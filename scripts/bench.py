@@ -283,10 +283,28 @@ def machine_description():
         "numpy": np.__version__,
         "blas": f"{blas.get('name', '?')} {blas.get('version', '?')}",
         "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+        "openblas_core": openblas_core(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "transformers": transformers.__version__,
     }
+
+
+def openblas_core():
+    """The kernel family OpenBLAS chose at load time (e.g. Haswell: AVX2; SkylakeX: AVX-512),
+    asked from the library NumPy loaded."""
+    import ctypes
+
+    paths = {line.split()[-1] for line in _read("/proc/self/maps").splitlines() if "openblas" in line.lower()}
+    for path in paths:
+        library = ctypes.CDLL(path)
+        for symbol in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                       "openblas_get_corename"):
+            if hasattr(library, symbol):
+                getter = getattr(library, symbol)
+                getter.restype = ctypes.c_char_p
+                return getter().decode()
+    return "unknown"
 
 
 def load_average():
@@ -513,7 +531,7 @@ def markdown(args, machine, results, started, load_before, load_after):
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; caches: "
         f"{machine['caches']}.",
         f"- Software: Python {machine['python']}, NumPy {machine['numpy']} ({machine['blas']}, "
-        f"OPENBLAS_CORETYPE={machine['openblas_coretype_env']}), torch {machine['torch']} "
+        f"kernels: {machine['openblas_core']}, OPENBLAS_CORETYPE={machine['openblas_coretype_env']}), torch {machine['torch']} "
         f"({machine['torch_threads']} threads), transformers {machine['transformers']}.",
         f"- Machine limits in this run (before / after the phases): NumPy float32 matmul "
         f"{lim['matmul_gflops']:.0f} / {after['matmul_gflops']:.0f} GFLOP/s; memory read "
