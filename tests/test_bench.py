@@ -116,7 +116,7 @@ def test_lens_sides_agree(random_checkpoint):
         a, b = getattr(ours, name), theirs[name]
         assert np.array_equal(np.isnan(a), np.isnan(b))
         assert np.nanmax(np.abs(a - b)) < 1e-3, name
-    product_rows = bench.minigpt_lens_products(model, tokens)
+    product_rows = bench.minigpt_lens_products(model, bench.lens_rows(model, tokens))
     assert product_rows == TINY.n_layer + 1
 
 
