@@ -103,13 +103,18 @@ class RowScratch:
         self.e = np.empty(V, dtype=dtype)
         self.e_final = np.empty(V, dtype=dtype)
         self.e_input = np.empty(V, dtype=dtype)
-        self.product = np.empty(V, dtype=dtype)
 
 
-def dot(a, b, scratch):
-    """sum_j a[j] b[j] as a float, summed pairwise (NumPy's sum): about 1e-7 relative error over
-    50257 terms, where BLAS's float32 dot (long sequential sums) loses ~1e-6."""
-    return float(np.multiply(a, b, out=scratch).sum())
+DOT_BLOCK = 2048  # terms per BLAS dot product; the partial sums are added in float64
+
+
+def dot(a, b):
+    """sum_j a[j] b[j] as a float: BLAS dot products over blocks of 2048 terms, their partial
+    sums added in float64. A single float32 BLAS dot over 50257 terms (long sequential sums)
+    loses ~1e-6 relative; blocked, ~1e-8 relative, and faster than multiply-then-sum."""
+    n = len(a) // DOT_BLOCK * DOT_BLOCK
+    partial = np.matmul(a[:n].reshape(-1, 1, DOT_BLOCK), b[:n].reshape(-1, DOT_BLOCK, 1))  # (n / 2048, 1, 1)
+    return float(partial.sum(dtype=np.float64)) + float(np.dot(a[n:], b[n:]))
 
 
 def rank_of(x, value, mask):
@@ -130,10 +135,10 @@ def position_statistics(X, input_token, target_token, out, p, s):
         e = s.e_final if r == final else s.e_input if r == first else s.e
         S, py = row_statistics(X[r], final_top1, input_token, target_token, e, s, out, r, p)
         reference[r] = (e, S, py)
-        out["kl_final"][r, p] = kl_divergence(reference[final], S, py, X[r], r == final, s.product)
+        out["kl_final"][r, p] = kl_divergence(reference[final], S, py, X[r], r == final)
         if r != final:
-            out["kl_input"][r, p] = kl_divergence(reference[first], S, py, X[r], r == first, s.product)
-    out["kl_input"][final, p] = kl_divergence(reference[first], *reference[final][1:], X[final], R == 1, s.product)
+            out["kl_input"][r, p] = kl_divergence(reference[first], S, py, X[r], r == first)
+    out["kl_input"][final, p] = kl_divergence(reference[first], *reference[final][1:], X[final], R == 1)
 
 
 def row_statistics(x, final_top1, input_token, target_token, e, s, out, r, p):
@@ -155,7 +160,7 @@ def row_statistics(x, final_top1, input_token, target_token, e, s, out, r, p):
     np.exp(y, out=e)
     S = float(e.sum())  # in [1, V]: e = 1 at the maximum
     log_S = math.log(S)
-    py = dot(e, y, s.product) / S  # sum_j p[j] y[j] <= 0
+    py = dot(e, y) / S  # sum_j p[j] y[j] <= 0
 
     out["top1_prob"][r, p] = 1.0 / S
     out["prob_final"][r, p] = math.exp(float(x_final) - float(m) - log_S)
@@ -165,14 +170,14 @@ def row_statistics(x, final_top1, input_token, target_token, e, s, out, r, p):
     return S, py
 
 
-def kl_divergence(ref, S, py, y, same_row, scratch):
+def kl_divergence(ref, S, py, y, same_row):
     """KL(ref || row) = (log S_row - log S_ref) + (sum p_ref y_ref - sum p_ref y_row), in nats.
     ref = (e_ref, S_ref, sum p_ref y_ref). Exactly 0 for the reference row itself; a negative
     value can only be rounding, so it is clipped to 0."""
     if same_row:
         return 0.0
     e_ref, S_ref, py_ref = ref
-    pref_y = dot(e_ref, y, scratch) / S_ref  # sum_j p_ref[j] y_row[j]
+    pref_y = dot(e_ref, y) / S_ref  # sum_j p_ref[j] y_row[j]
     return max(0.0, math.log(S / S_ref) + (py_ref - pref_y))
 
 
