@@ -29,7 +29,7 @@ from .decode import decode
 CHUNK_CELLS = 512
 # Threads for the per-row reductions (NumPy releases the GIL inside each operation). They run
 # between the matrix products, which BLAS already spreads over every core.
-THREADS = max(1, min(4, os.cpu_count() or 1))
+THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, final_logits=None,
