@@ -132,7 +132,7 @@ def position_statistics(X, input_token, target_token, out, p, s):
     R = len(X)
     final, first = R - 1, 0
     final_top1 = int(np.argmax(X[final]))
-    reference = {}  # row -> (e, S, log S, sum p y) of the final and input rows
+    reference = {}  # row -> (e, S, sum p y), kept for the final and input rows
     for r in [final, first, *range(1, final)]:
         e = s.e_final if r == final else s.e_input if r == first else s.e
         S, py = row_statistics(X[r], final_top1, input_token, target_token, e, s, out, r, p)
@@ -140,7 +140,7 @@ def position_statistics(X, input_token, target_token, out, p, s):
         out["kl_final"][r, p] = kl_divergence(reference[final], S, py, X[r], r == final)
         if r != final:
             out["kl_input"][r, p] = kl_divergence(reference[first], S, py, X[r], r == first)
-    out["kl_input"][final, p] = kl_divergence(reference[first], *reference[final][1:], X[final], R == 1)
+    out["kl_input"][final, p] = kl_divergence(reference[first], *reference[final][1:], X[final], final == first)
 
 
 def row_statistics(x, final_top1, input_token, target_token, e, s, out, r, p):
@@ -188,10 +188,11 @@ def top_k(model, rows, positions, norm, k):
     R, P = len(rows), len(positions)
     ids = np.empty((R, P, k), np.int64)
     probs = np.empty((R, P, k), np.float32)
-    per_chunk = max(1, CHUNK_CELLS // R)
+    per_chunk = min(P, max(1, CHUNK_CELLS // R))
+    buffer = np.empty(R * per_chunk * model.config.vocab_size, dtype=model.dtype)
     for start in range(0, P, per_chunk):
         chunk = positions[start:start + per_chunk]
-        logits = decode_chunk(model, rows, chunk, norm)  # (R, c, V)
+        logits = decode_chunk(model, rows, chunk, norm, buffer)  # (R, c, V)
         for j in range(len(chunk)):
             for r in range(R):
                 best, log_probs = most_likely(logits[r, j], k)
