@@ -73,6 +73,28 @@ def load_model(args, **kwargs):
 BUILTIN_COMMANDS = []  # functions add_<name>(subparsers), in the order --help lists them
 
 
+def add_info(subparsers):
+    parser = subparsers.add_parser(
+        "info", help="a model's architecture and parameter counts, from its config alone",
+        description="Show a model's architecture (blocks, width, heads, ...) and where its parameters "
+        "are, computed from the config: official names need no weights and no network.",
+    )
+    parser.add_argument("model", metavar="NAME_OR_DIR", help="an official name (gpt2, gpt2-medium, "
+                        "gpt2-large, gpt2-xl) or a checkpoint folder holding config.json")
+
+    def run(args):
+        from .info import report, resolve
+
+        name, config, tied = resolve(args.model)
+        sys.stdout.write(report(name, config, tied))
+        return 0
+
+    parser.set_defaults(run=run)
+
+
+BUILTIN_COMMANDS.append(add_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minigpt",
