@@ -1,26 +1,34 @@
-"""Every Python example in README.md and docs/*.md runs, as written, on a small random checkpoint.
+"""Every example in README.md and docs/*.md runs, as written, on a small random checkpoint.
 
 The rule, for whoever writes documentation here:
 - Each ```python block of a file runs, in the order of the file, in one namespace per file
   (so later blocks use names earlier ones defined), with the current directory set to an
   empty temporary folder (examples may write files) and matplotlib drawing off screen.
-- Examples get a model from the environment variable CHECKPOINT, or from the folders
-  weights/gpt2, weights/gpt2-medium, weights/gpt2-large, weights/gpt2-xl: here all of them
-  are the same small random GPT-2 (2 blocks, width 32, the real vocabulary), so an example
-  must not depend on trained weights; assert shapes in terms of model.config.
-- A block that truly needs the real gpt2-xl or the network is fenced ```python no-run. It is
-  not executed, but it must still compile, and each file may have at most
-  MAX_NO_RUN_PER_FILE of them: what they do without the network is tested elsewhere.
+- Each line of a ```bash block that starts with `minigpt ` runs too (`python -m minigpt ...`
+  from this source tree, in that same folder) and must succeed; other lines (pip, pytest,
+  python scripts/...) are shown, not run: they are tested where they are defined.
+- Examples get a model however a user would: an official name ("gpt2" ... "gpt2-xl", found in
+  a HuggingFace cache that the test lays out, as a downloaded model would be), a folder
+  weights/gpt2 ... weights/gpt2-xl, or the environment variable CHECKPOINT. Here all of them
+  are the same small random GPT-2 (2 blocks, width 32, the real vocabulary and context), so an
+  example must not depend on trained weights; assert shapes in terms of model.config.
+- A block that truly needs the real gpt2-xl or the network is fenced ```python no-run (or
+  ```bash no-run). It is not executed (python blocks must still compile), and each file may
+  have at most MAX_NO_RUN_PER_FILE of them: what they do without the network is tested elsewhere.
 """
 
 import contextlib
 import io
 import os
 import re
+import shlex
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.checkpoints import make_checkpoint
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
@@ -54,6 +62,28 @@ def python_blocks(path: Path):
     return [(line, info, code) for line, info, code in code_blocks(path) if info and info[0] == "python"]
 
 
+def shell_commands(path: Path):
+    """[(line number, info, argv)] for each `minigpt ...` command of the ```bash blocks
+    (lines ending in a backslash continue on the next; `# comments` are dropped)."""
+    commands = []
+    for line, info, code in code_blocks(path):
+        if not info or info[0] not in ("bash", "sh", "shell", "console"):
+            continue
+        joined, start = "", None
+        for offset, text in enumerate(code.splitlines()):
+            text = text.strip().removeprefix("$ ")
+            if start is None:
+                start = line + offset
+            if text.endswith("\\"):
+                joined += text[:-1] + " "
+                continue
+            argv = shlex.split(joined + text, comments=True)
+            if argv and argv[0] == "minigpt":
+                commands.append((start, info, argv[1:]))
+            joined, start = "", None
+    return commands
+
+
 def test_the_parser_finds_blocks_and_their_rule(tmp_path):
     doc = tmp_path / "x.md"
     doc.write_text(
@@ -63,26 +93,51 @@ def test_the_parser_finds_blocks_and_their_rule(tmp_path):
         encoding="utf-8",
     )
     assert python_blocks(doc) == [(3, ["python"], "a = 1"), (14, ["python", "no-run"], "b = 2")]
+    doc.write_text("```bash\npip install x\nminigpt info gpt2  # a comment\n$ minigpt lens \\\n  'a b' -m gpt2\n```\n",
+                   encoding="utf-8")
+    assert shell_commands(doc) == [(3, ["bash"], ["info", "gpt2"]), (4, ["bash"], ["lens", "a b", "-m", "gpt2"])]
+
+
+SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"  # a commit hash, as the hub's cache names snapshots
+
+
+@pytest.fixture(scope="session")
+def doc_checkpoint(tmp_path_factory):
+    """A small random GPT-2 with the real vocabulary and the real context (1024 positions), so
+    that the post's long texts fit; and a HuggingFace cache holding it under the official names."""
+    root = tmp_path_factory.mktemp("docs")
+    path, _ = make_checkpoint(root / "doc-gpt2", layout="official", seed=4321, n_ctx=1024)
+    cache = root / "hf-cache"
+    for name in OFFICIAL_NAMES:
+        repo = cache / f"models--openai-community--{name}"
+        snapshot = repo / "snapshots" / SNAPSHOT
+        snapshot.mkdir(parents=True)
+        for file in path.iterdir():
+            (snapshot / file.name).symlink_to(file)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(SNAPSHOT)
+    return path, cache
 
 
 @pytest.fixture
-def doc_environment(tiny_checkpoint, tmp_path, monkeypatch):
-    path, _ = tiny_checkpoint
+def doc_environment(doc_checkpoint, tmp_path, monkeypatch):
+    path, cache = doc_checkpoint
     weights = tmp_path / "weights"
     weights.mkdir()
     for name in OFFICIAL_NAMES:
         (weights / name).symlink_to(path, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CHECKPOINT", str(path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    return path
+    env = {"CHECKPOINT": str(path), "MPLBACKEND": "Agg", "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
 
 
 @pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_examples_run(doc, doc_environment):
     blocks = python_blocks(doc)
     namespace = {"__name__": f"doc:{doc.name}"}
-    no_run = [b for b in blocks if "no-run" in b[1]]
+    no_run = [b for b in code_blocks(doc) if "no-run" in b[1]]
     assert len(no_run) <= MAX_NO_RUN_PER_FILE, f"{doc.name}: {len(no_run)} no-run blocks; at most {MAX_NO_RUN_PER_FILE}"
     for line, info, code in blocks:
         where = f"{doc.relative_to(ROOT)}:{line}"
@@ -99,6 +154,17 @@ def test_examples_run(doc, doc_environment):
             import matplotlib.pyplot as plt
 
             plt.close("all")
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_commands_run(doc, doc_environment, tmp_path):
+    for line, info, argv in shell_commands(doc):
+        if "no-run" in info:
+            continue
+        result = run_cli(*argv, cwd=tmp_path, env=doc_environment)
+        assert result.returncode == 0, (
+            f"the command at {doc.relative_to(ROOT)}:{line} failed: minigpt {shlex.join(argv)}\n{result.stderr}"
+        )
 
 
 def test_every_doc_has_examples_that_run():
