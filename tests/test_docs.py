@@ -129,7 +129,12 @@ def doc_environment(doc_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     env = {"CHECKPOINT": str(path), "MPLBACKEND": "Agg", "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     for key, value in env.items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, value)  # for the commands, run as subprocesses
+    # huggingface_hub reads HF_HUB_CACHE once, when imported: tell this process's copy too
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return env
 
 
