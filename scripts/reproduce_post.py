@@ -356,7 +356,7 @@ class Context:
         return int(found[0]) if found.size else None
 
 
-def run_segment(model, segment, stride):
+def run_segment(model, segment, stride, norm="ln_f"):
     """The LensResult of one segment, and a note if the text had to be cut to fit the context."""
     import lens
     from lens.examples import EXAMPLES
@@ -373,15 +373,24 @@ def run_segment(model, segment, stride):
                 f"before the segment's end, not the whole text")
         start = max(start, first)
     positions = np.arange(start, stop) - first
-    result = lens.logit_lens(model, tokens[first:end], stride=stride, positions=positions)
+    result = lens.logit_lens(model, tokens[first:end], stride=stride, positions=positions, norm=norm)
     return result, note
+
+
+NORM_NOTES = {
+    "ln_f": "every row goes through the final LayerNorm ln_f, with its learned gain and bias, then the "
+            "unembedding (the transposed token embedding).",
+    "normalize": "every row is normalised (mean 0, variance 1) without ln_f's learned gain and bias, then "
+                 "unembedded; the last row is therefore *not* the model's own output distribution.",
+    "none": "rows are unembedded as they are, with no normalisation at all.",
+}
 
 
 def markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(model, out: Path, stride: int, fmt: str, log=print) -> Path:
+def render(model, out: Path, stride: int, fmt: str, norm: str = "ln_f", log=print) -> Path:
     from lens import plot
     from minigpt.files import atomic_write
 
@@ -414,12 +423,18 @@ def render(model, out: Path, stride: int, fmt: str, log=print) -> Path:
         "model's numbers say (medians over the positions shown, unless said otherwise); the numbers of each "
         "segment are in its JSON file.",
         "",
+        f"Decoding (`--norm {norm}`): " + NORM_NOTES[norm] + " The post's text describes its activations as "
+        "\"the block outputs after layer norm, but before the learned point-wise transformation\" (that is "
+        "`--norm normalize`); its author's published code (transformer-utils) decodes through the final "
+        "LayerNorm with its learned gain and bias (`--norm ln_f`, the default here, and what the model does "
+        "to its own output).",
+        "",
     ]
     written = []
     for segment in SEGMENTS.values():
         claims = [c for c in CLAIMS if c.segment == segment.name]
         log(f"{segment.name}: running the lens")
-        result, note = run_segment(model, segment, stride)
+        result, note = run_segment(model, segment, stride, norm)
         json_path = out / f"{segment.name}.json"
         with atomic_write(json_path, "w", encoding="utf-8") as f:
             json.dump(result.to_dict(), f)
@@ -452,6 +467,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", "-o", default="post", help="the folder to write (default: post/)")
     parser.add_argument("--stride", type=int, default=2, help="keep every K-th block and the last (default: 2, as the post)")
     parser.add_argument("--format", default="png", choices=["png", "svg", "pdf"], help="figure format (default: png)")
+    parser.add_argument("--norm", default="ln_f", choices=list(NORM_NOTES),
+                        help="how rows are normalised before the unembedding (default: ln_f; see index.md)")
     args = parser.parse_args(argv)
 
     import minigpt
@@ -459,7 +476,7 @@ def main(argv=None) -> int:
 
     try:
         model = minigpt.load(args.model)
-        render(model, Path(args.out), args.stride, args.format)
+        render(model, Path(args.out), args.stride, args.format, args.norm)
     except MiniGPTError as err:
         print(f"reproduce_post: error: {err}", file=sys.stderr)
         return 1
