@@ -5,8 +5,9 @@
 
 Renders every view of the post's three examples (the GPT-3 abstract, "plasma", extreme
 repetition) and the addendum's comparisons with the input (KL(input ‖ row), rank of the input
-token) into a folder, with `index.md`: each figure beside the claim of the post it illustrates,
-and what this model's numbers say about that claim. The lens numbers of every segment are saved
+token) into a folder, with an index, `index.html` (open it in a browser) and `index.md` (the
+same as a markdown table): each figure beside the claim of the post it illustrates, and what
+this model's numbers say about that claim. The lens numbers of every segment are saved
 as JSON too (`LensResult.to_dict()`), for checking without the pictures.
 
 The post used GPT-2 XL (1558M), so only `--model gpt2-xl` reproduces it; any other checkpoint
@@ -17,7 +18,9 @@ plots do.
 
 import argparse
 import datetime
+import html
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,77 +389,147 @@ NORM_NOTES = {
 }
 
 
-def markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+# -- the index: one document, written as markdown (index.md) and as HTML (index.html) --------
+#
+# A document is a list of items: ("h1" | "h2" | "p" | "note", text) or ("table", rows) with rows
+# of (claim text, figure file name). Texts use a little markdown: [link](url), **bold**,
+# *italic*, `code`, and <br> for a line break.
+
+
+def to_markdown(items) -> str:
+    lines = []
+    for kind, content in items:
+        if kind == "h1":
+            lines.append(f"# {content}")
+        elif kind == "h2":
+            lines.append(f"## {content}")
+        elif kind == "p":
+            lines.append(content)
+        elif kind == "note":
+            lines.append(f"> {content}")
+        elif kind == "table":
+            lines += ["| the post | the figure |", "| --- | --- |"]
+            for text, figure in content:
+                cell = text.replace("|", "\\|").replace("\n", " ")
+                lines.append(f"| {cell} | [![{figure}]({figure})]({figure}) |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+INLINE = [
+    (re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)"), r'<a href="\2">\1</a>'),
+    (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])"), r"<em>\1</em>"),
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+]
+
+
+def inline_html(text: str) -> str:
+    """The little markdown of a text as HTML, everything else escaped."""
+    parts = []
+    for piece in text.split("<br>"):
+        piece = html.escape(piece, quote=False)
+        codes = []  # code spans first, so that * inside them stays literal
+        piece = re.sub(r"`([^`]+)`", lambda m: codes.append(m.group(1)) or f"\x00{len(codes) - 1}\x00", piece)
+        for pattern, replacement in INLINE[:3]:
+            piece = pattern.sub(replacement, piece)
+        piece = re.sub("\x00(\\d+)\x00", lambda m: f"<code>{codes[int(m.group(1))]}</code>", piece)
+        parts.append(piece)
+    return "<br>".join(parts)
+
+
+HTML_STYLE = """
+body { font-family: sans-serif; margin: 2em; max-width: 110em; line-height: 1.45; }
+.claim { display: grid; grid-template-columns: minmax(18em, 28em) 1fr; gap: 1.5em;
+         border-top: 1px solid #ccc; padding: 1em 0; }
+.figure { overflow-x: auto; }
+.figure img { max-width: none; height: auto; }
+blockquote { border-left: 4px solid #e69f00; margin-left: 0; padding-left: 1em; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+"""
+
+
+def to_html(items) -> str:
+    body = []
+    for kind, content in items:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{inline_html(content)}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{inline_html(content)}</p>")
+        elif kind == "note":
+            body.append(f"<blockquote>{inline_html(content)}</blockquote>")
+        elif kind == "table":
+            for text, figure in content:
+                name = html.escape(figure)
+                body.append(f'<div class="claim"><div>{inline_html(text)}</div>'
+                            f'<div class="figure"><a href="{name}"><img src="{name}" alt="{name}"></a></div></div>')
+    title = html.escape(items[0][1]) if items and items[0][0] == "h1" else "index"
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+            f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
 
 def render(model, out: Path, stride: int, fmt: str, norm: str = "ln_f", log=print) -> Path:
+    """Run the lens on every segment, draw every figure, write the index. Returns index.md's path."""
     from lens import plot
     from minigpt.files import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     context = Context(model)
-    n_layer = model.config.n_layer
-    lines = [
-        "# The logit lens post, reproduced",
-        "",
-        f"Figures of nostalgebraist, [\"interpreting GPT: the logit lens\"]({POST}) (LessWrong, 31 August "
-        f"2020), redrawn by `scripts/reproduce_post.py` with minigpt for **{model.name}** "
-        f"({n_layer} blocks, width {model.config.n_embd}), rows: the input, then every "
-        f"{'' if stride == 1 else f'{stride}nd ' if stride == 2 else f'{stride}th '}block and always the "
-        f"last (stride {stride}). Rendered {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        "",
+    rows = "every block" if stride == 1 else f"blocks 0, {stride}, {2 * stride}, … and always the last"
+    items = [
+        ("h1", "The logit lens post, reproduced"),
+        ("p", f"Figures of nostalgebraist, [\"interpreting GPT: the logit lens\"]({POST}) (LessWrong, 31 August "
+              f"2020), redrawn by `scripts/reproduce_post.py` with minigpt for **{model.name}** "
+              f"({model.config.n_layer} blocks, width {model.config.n_embd}). Rows: the input, then {rows} "
+              f"(stride {stride}). Rendered {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC."),
     ]
     if model.name != POST_MODEL:
-        lines += [
-            f"> **Not the post's model.** The post's claims are about GPT-2 XL (`{POST_MODEL}`). This folder was "
-            f"rendered with `{model.name}`: the figures and the numbers under *here* describe that model, and "
-            "need not agree with the post. Run `python scripts/reproduce_post.py --model gpt2-xl` to reproduce it.",
-            "",
-        ]
-    lines += [
-        "How to read a figure: the bottom axis holds the input tokens; the top axis the true next tokens, "
-        "starred where the model's final top-1 guess is right; each cell shows one row's top-1 guess for the "
-        "next token, outlined where it equals the final guess; the colour is the quantity the view is about. "
-        "In the post's colours, light means close to the output (or to the input, for the two input views). "
-        "The quotes are the post's words; the rest paraphrases it. Under each claim, *here* gives what this "
-        "model's numbers say (medians over the positions shown, unless said otherwise); the numbers of each "
-        "segment are in its JSON file.",
-        "",
-        f"Decoding (`--norm {norm}`): " + NORM_NOTES[norm] + " The post's text describes its activations as "
-        "\"the block outputs after layer norm, but before the learned point-wise transformation\" (that is "
-        "`--norm normalize`); its author's published code (transformer-utils) decodes through the final "
-        "LayerNorm with its learned gain and bias (`--norm ln_f`, the default here, and what the model does "
-        "to its own output).",
-        "",
+        items.append(("note", f"**Not the post's model.** The post's claims are about GPT-2 XL (`{POST_MODEL}`). "
+                              f"This folder was rendered with `{model.name}`: the figures and the numbers under "
+                              "*here* describe that model, and need not agree with the post. Run `python "
+                              "scripts/reproduce_post.py --model gpt2-xl` to reproduce it."))
+    items += [
+        ("p", "How to read a figure: the bottom axis holds the input tokens; the top axis the true next tokens, "
+              "starred where the model's final top-1 guess is right; each cell shows one row's top-1 guess for the "
+              "next token, outlined where it equals the final guess; the colour is the quantity the view is about. "
+              "The quotes are the post's words; the rest paraphrases it. Under each claim, *here* gives what this "
+              "model's numbers say (medians over the positions shown, unless said otherwise); the numbers of each "
+              "segment are in its JSON file."),
+        ("p", f"Decoding (`--norm {norm}`): " + NORM_NOTES[norm] + " The post's text describes its activations as "
+              "\"the block outputs after layer norm, but before the learned point-wise transformation\" (that is "
+              "`--norm normalize`); its author's published code (transformer-utils) decodes through the final "
+              "LayerNorm with its learned gain and bias (`--norm ln_f`, the default here, and what the model does "
+              "to its own output)."),
     ]
     written = []
     for segment in SEGMENTS.values():
-        claims = [c for c in CLAIMS if c.segment == segment.name]
         log(f"{segment.name}: running the lens")
         result, note = run_segment(model, segment, stride, norm)
         json_path = out / f"{segment.name}.json"
         with atomic_write(json_path, "w", encoding="utf-8") as f:
             json.dump(result.to_dict(), f)
-        lines += [f"## {segment.title}", "", f"The segment: {segment.what} "
-                  f"(positions {int(result.positions[0])}–{int(result.positions[-1])} of the text the model read; "
-                  f"numbers: [{json_path.name}]({json_path.name})).", ""]
+        items += [
+            ("h2", segment.title),
+            ("p", f"The segment: {segment.what} (positions {int(result.positions[0])}–{int(result.positions[-1])} "
+                  f"of the text the model read; numbers: [{json_path.name}]({json_path.name}))."),
+        ]
         if note:
-            lines += [f"*Note: {note}.*", ""]
-        lines += ["| the post | the figure |", "| --- | --- |"]
-        for claim in claims:
-            figure = plot.draw(result, claim.view)
-            path = plot.save(figure, out / f"{segment.name}-{claim.view}.{fmt}")
+            items.append(("note", f"Note: {note}."))
+        table = []
+        for claim in (c for c in CLAIMS if c.segment == segment.name):
+            path = plot.save(plot.draw(result, claim.view), out / f"{segment.name}-{claim.view}.{fmt}")
             written.append(path)
             log(f"  {path}")
             here = globals()[claim.measure](result, context, claim.view)
-            cell = f"**{claim.view}** · *the post's section: {claim.section}*<br>{claim.says}<br><br>*here:* {here}"
-            lines.append(f"| {markdown_cell(cell)} | ![{claim.view}]({path.name}) |")
-        lines.append("")
+            table.append((f"**{claim.view}** · *the post's section: {claim.section}*<br>{claim.says}"
+                          f"<br><br>*here:* {here}", path.name))
+        items.append(("table", table))
     index = out / "index.md"
     with atomic_write(index, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    log(f"{len(written)} figures and {index}")
+        f.write(to_markdown(items))
+    with atomic_write(out / "index.html", "w", encoding="utf-8") as f:
+        f.write(to_html(items))
+    log(f"{len(written)} figures, {index} and {out / 'index.html'}")
     return index
 
 

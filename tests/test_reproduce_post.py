@@ -59,6 +59,25 @@ def test_every_claim_has_its_figure_beside_it(rendered):
         assert f"]({segment}.json)" in index and (out / f"{segment}.json").stat().st_size > 100
 
 
+def test_the_html_index_puts_each_claim_beside_its_figure(rendered):
+    out, _ = rendered
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    claims = page.split('<div class="claim">')[1:]
+    assert len(claims) == len(post.CLAIMS)
+    for claim, block in zip(post.CLAIMS, claims):
+        assert f'<img src="{claim.segment}-{claim.view}.png"' in block
+        assert post.inline_html(claim.says) in block
+
+
+def test_inline_html_escapes_and_formats():
+    text = "**bold** *it* `a*b<c` [post](https://x.org/p) 1 < 2 * 3<br>next"
+    assert post.inline_html(text) == (
+        '<strong>bold</strong> <em>it</em> <code>a*b&lt;c</code> <a href="https://x.org/p">post</a> '
+        "1 &lt; 2 * 3<br>next"
+    )
+
+
 def test_every_view_of_the_three_examples_and_the_addendum(rendered):
     views = {(c.segment, c.view) for c in post.CLAIMS}
     for segment in ["gpt3-abstract", "plasma-end", "repetition"]:
