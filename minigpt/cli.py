@@ -80,7 +80,8 @@ def add_info(subparsers):
         "are, computed from the config: official names need no weights and no network.",
     )
     parser.add_argument("model", metavar="NAME_OR_DIR", help="an official name (gpt2, gpt2-medium, "
-                        "gpt2-large, gpt2-xl) or a checkpoint folder holding config.json")
+                        "gpt2-large, gpt2-xl), a checkpoint folder holding config.json, or a hub id "
+                        "owner/name (only its config.json is read: cached, or downloaded alone)")
 
     def run(args):
         from .info import report, resolve

@@ -138,20 +138,41 @@ def architecture(config: Config) -> list:
 
 
 def resolve(name_or_dir) -> tuple:
-    """(display name, Config, tied) for an official name (no weights, no network) or a folder
-    holding config.json. A folder of that name wins over the official name."""
+    """(display name, Config, tied) for what `minigpt info` was given:
+    - an official name (gpt2 ... gpt2-xl, or openai-community/<name>): its known config, no files;
+    - an existing folder: its config.json;
+    - a hub id owner/name: its config.json alone, from the HuggingFace cache, else downloaded
+      (a few hundred bytes; never the weights)."""
     source = str(name_or_dir)
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
-        config = read_config(path / "config.json")
-        return path.name or source, config, _tied(path / "config.json")
+        return path.name or source, read_config(path / "config.json"), _tied(path / "config.json")
     official = source.removeprefix("openai-community/")
     if official in OFFICIAL:
         return official, OFFICIAL[official], True
     if path.exists():
         raise ConfigError(f"{source} is not a folder (expected a checkpoint folder holding config.json)")
-    names = ", ".join(OFFICIAL)
-    raise ConfigError(f"{source!r} is neither an official model name ({names}) nor a folder")
+    from .hub import hub_repo_id, looks_like_path
+
+    repo_id = None if looks_like_path(source) else hub_repo_id(source)
+    if repo_id is None:
+        names = ", ".join(OFFICIAL)
+        raise ConfigError(f"{source!r} is neither an official model name ({names}), nor a folder, nor a hub id owner/name")
+    config_path = hub_config(repo_id)
+    return source, read_config(config_path), _tied(config_path)
+
+
+def hub_config(repo_id) -> Path:
+    """config.json of a hub repository: the cached copy, else only that file from the hub."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    from .hub import _hub_errors
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return Path(cached)
+    with _hub_errors(repo_id, repo_id, None):
+        return Path(hf_hub_download(repo_id, "config.json"))
 
 
 def _tied(config_path: Path) -> bool:

@@ -133,3 +133,23 @@ def test_cli_bad_source_is_one_line(bad, tmp_path):
     errors = [line for line in result.stderr.splitlines() if "warning" not in line]
     assert len(errors) == 1 and errors[0].startswith("minigpt: error:"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_hub_id_reads_only_config_json_from_the_cache(tmp_path):
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = tmp_path / "cache" / "models--someone--their-gpt2"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    raw = dict(n_layer=3, n_head=2, n_embd=8, n_positions=16, vocab_size=50, n_inner=20)
+    (repo / "snapshots" / commit / "config.json").write_text(json.dumps(raw))  # no weights at all
+    env = {"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    result = run_cli("info", "someone/their-gpt2", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "someone/their-gpt2: GPT-2, 3 blocks of width 8" in result.stdout
+    assert f"{total_params(config_from_dict(raw)):,}" in result.stdout
+
+    missing = run_cli("info", "someone/other-gpt2", env=env, cwd=tmp_path)
+    assert missing.returncode == 1 and missing.stdout == ""
+    errors = [line for line in missing.stderr.splitlines() if "warning" not in line]
+    assert len(errors) == 1 and "someone/other-gpt2" in errors[0] and "not in the HuggingFace cache" in errors[0]
