@@ -1,9 +1,10 @@
 """The per-cell statistics of the logit lens, computed in chunks.
 
 A chunk is a few positions with all R rows: their residuals are decoded with one large
-matrix product, (c * R, d) @ (d, V), and each position's R rows of logits are then reduced
-to scalars one row at a time, while the row (V floats) sits in the core's cache. Only the
-chunk's logits and three rows of probabilities ever exist, never all rows' distributions.
+matrix product, (R * c, d) @ (d, V), into one buffer reused for every chunk; each position's R
+rows of logits are then reduced to scalars one row at a time, while the row (V floats) sits in
+the core's cache, by a few threads working on different positions. Only the chunk's logits
+and three rows of probabilities per thread ever exist, never all rows' distributions.
 
 For a row of logits x (V,) with maximum m, y = x - m <= 0, e = exp(y), S = sum(e), p = e / S:
     logsumexp  = m + log S
@@ -16,16 +17,24 @@ are combined in float64; see docs/lens-math.md for why this is accurate.
 """
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .decode import decode
 
-CHUNK_CELLS = 128  # cells decoded per matrix product: 128 x 50257 float32 logits = 25.7 MB
+CHUNK_CELLS = 256  # cells decoded per matrix product: 256 x 50257 float32 logits = 51 MB
+# Threads for the per-row reductions (NumPy releases the GIL inside each operation). They run
+# between the matrix products, which BLAS already spreads over every core.
+THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
-def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens):
-    """Every per-cell array of LensResult, shape (R, P), from the R residuals (T, d) of `rows`."""
+def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, final_logits=None,
+                    threads=THREADS):
+    """Every per-cell array of LensResult, shape (R, P), from the R residuals (T, d) of `rows`.
+    `final_logits` (T, V): the model's own logits, if norm is ln_f (the last row is then not
+    decoded again: it is the same computation)."""
     R, P = len(rows), len(positions)
     V = model.config.vocab_size
     out = {
@@ -42,23 +51,47 @@ def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens):
         "kl_input": np.empty((R, P), np.float64),
         "entropy": np.empty((R, P), np.float64),
     }
-    scratch = RowScratch(V, model.dtype)
-    per_chunk = max(1, CHUNK_CELLS // R)
-    for start in range(0, P, per_chunk):
-        chunk = positions[start:start + per_chunk]
-        logits = decode_chunk(model, rows, chunk, norm)  # (c, R, V)
-        for j in range(len(chunk)):
+    per_chunk = positions_per_chunk(R, P, threads)
+    buffer = np.empty(R * per_chunk * V, dtype=model.dtype)  # the only vocabulary-sized array
+    scratch = [RowScratch(V, model.dtype) for _ in range(threads)]
+
+    def reduce(logits, js, start, s):  # the positions start + js of the chunk
+        for j in js:
             p = start + j
-            position_statistics(logits[j], int(input_tokens[p]), int(target_tokens[p]), out, p, scratch)
+            position_statistics(logits[:, j], int(input_tokens[p]), int(target_tokens[p]), out, p, s)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for start in range(0, P, per_chunk):
+            chunk = positions[start:start + per_chunk]
+            logits = decode_chunk(model, rows, chunk, norm, buffer, final_logits)  # (R, c, V)
+            parts = np.array_split(np.arange(len(chunk)), threads)
+            jobs = [pool.submit(reduce, logits, js, start, s) for js, s in zip(parts, scratch) if len(js)]
+            for job in jobs:
+                job.result()
     return out
 
 
-def decode_chunk(model, rows, chunk, norm):
-    """Logits of every row at the chunk's positions: (c, R, V), position-major so that one
-    position's rows are contiguous."""
-    resid = np.stack([row[chunk] for row in rows], axis=1)  # (c, R, d)
-    c, R, d = resid.shape
-    return decode(model, resid.reshape(c * R, d), norm).reshape(c, R, -1)
+def positions_per_chunk(R, P, threads):
+    """About CHUNK_CELLS cells per chunk, a multiple of `threads` positions, at most P."""
+    per_chunk = max(1, round(CHUNK_CELLS / R / threads)) * threads
+    return min(per_chunk, P)
+
+
+def decode_chunk(model, rows, chunk, norm, buffer=None, final_logits=None):
+    """Logits of every row at the chunk's positions, (R, c, V), written into `buffer` (flat)
+    with one matrix product (R * c, d) @ (d, V). The last row is copied from `final_logits`
+    when given."""
+    R, c, V = len(rows), len(chunk), model.config.vocab_size
+    if buffer is None:
+        buffer = np.empty(R * c * V, dtype=model.dtype)
+    logits = buffer[: R * c * V].reshape(R, c, V)
+    decoded = rows if final_logits is None else rows[:-1]
+    if decoded:
+        resid = np.stack([row[chunk] for row in decoded])  # (R', c, d)
+        decode(model, resid.reshape(-1, resid.shape[-1]), norm, out=logits[: len(decoded)].reshape(-1, V))
+    if final_logits is not None:
+        np.take(final_logits, chunk, axis=0, out=logits[-1])
+    return logits
 
 
 class RowScratch:
@@ -151,10 +184,10 @@ def top_k(model, rows, positions, norm, k):
     per_chunk = max(1, CHUNK_CELLS // R)
     for start in range(0, P, per_chunk):
         chunk = positions[start:start + per_chunk]
-        logits = decode_chunk(model, rows, chunk, norm)  # (c, R, V)
+        logits = decode_chunk(model, rows, chunk, norm)  # (R, c, V)
         for j in range(len(chunk)):
             for r in range(R):
-                best, log_probs = most_likely(logits[j, r], k)
+                best, log_probs = most_likely(logits[r, j], k)
                 ids[r, start + j] = best
                 probs[r, start + j] = np.exp(log_probs)
     return ids, probs

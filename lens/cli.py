@@ -23,8 +23,9 @@ from minigpt.cli import add_model_argument, add_text_arguments, load_model, read
 from minigpt.errors import InputError, MiniGPTError
 from minigpt.files import atomic_write, check_output_path
 
+from .decode import NORMS
 from .examples import EXAMPLES
-from .plot import FORMATS, MAX_COLUMNS, VIEWS
+from .plot import FORMATS, MAX_COLUMNS, VIEWS, describe_positions
 
 TABLE_WIDTH = 100  # characters the terminal table aims to fit in
 TABLE_CELL_CHARS = 10  # longer tokens are cut, with "…"
@@ -56,12 +57,15 @@ def add_lens_command(subparsers):
     )
     parser.add_argument(
         "--positions", metavar="RANGE",
-        help=f"positions to decode: START:STOP (e.g. 10:30, -20:) or a list (3,5,7); "
+        help=f"positions to decode: START:STOP (e.g. 10:30, or --positions=-20: from the end) or a list (3,5,7); "
              f"default: the last {MAX_COLUMNS}",
     )
     parser.add_argument("--stride", default="1", metavar="K", help="keep every K-th block (the last always)")
     parser.add_argument("--subblocks", action="store_true", help="add a row after each attention sub-block")
-    parser.add_argument("--norm", default="ln_f", help="how rows are normalised before the unembedding (default: ln_f)")
+    parser.add_argument(
+        "--norm", default="ln_f", metavar="NORM",
+        help=f"how a row is normalised before the unembedding: {', '.join(NORMS)} (default: ln_f, as the model does)",
+    )
     parser.add_argument("--top-down", action="store_true", help="input row at the top, output row at the bottom")
     parser.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
     parser.add_argument(
@@ -155,12 +159,11 @@ def fit_context(tokens: list, n_ctx: int, window: bool) -> list:
 
 def check_outputs(args) -> None:
     """Refuse a bad --view, --out or --json before any work (loading gpt2-xl takes a while)."""
+    if args.norm not in NORMS:
+        raise InputError(f"unknown --norm {args.norm!r}: choose one of {', '.join(NORMS)}")
     if args.view != "all" and args.view not in VIEWS:
         raise InputError(f"unknown view {args.view!r}: choose one of {', '.join(VIEWS)}, all")
     if args.out is not None:
-        from .plot import require_matplotlib
-
-        require_matplotlib()
         if args.view == "all":
             folder = Path(args.out)
             if not folder.is_dir():
@@ -174,6 +177,10 @@ def check_outputs(args) -> None:
                 raise InputError(f"cannot tell the figure format of {args.out}: end the name with .png, .svg or .pdf")
     if args.json is not None:
         check_output_path(args.json)
+    if args.out is not None:
+        from .plot import require_matplotlib
+
+        require_matplotlib()
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -196,12 +203,17 @@ def run_lens(args) -> int:
     )
 
     if args.json is not None:
+        try:
+            numbers = json.dumps(result.to_dict(), allow_nan=False)  # strict JSON: no NaN, no Infinity
+        except ValueError:
+            raise MiniGPTError(f"cannot write {args.json}: the lens result holds an infinite number") from None
         with atomic_write(args.json, "w", encoding="utf-8") as f:
-            json.dump(result.to_dict(), f, allow_nan=False)
-            f.write("\n")
+            f.write(numbers + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
 
     if args.out is None:
+        if args.view != "logits":
+            print(f"minigpt: note: --view {args.view} needs --out FILE to draw a figure; printing the table", file=sys.stderr)
         print(format_table(result, top_down=args.top_down))
         return 0
 
@@ -278,13 +290,7 @@ def format_table(result, top_down=False, width=TABLE_WIDTH) -> str:
 
     rule = "-" * (label_width + 1) + "+" + "-" * (used - label_width - 2)
     order = range(len(labels)) if top_down else range(len(labels) - 1, -1, -1)
-    shown_positions = [int(p) for p in result.positions[n_positions - len(columns):]]
-    if len(shown_positions) == 1:
-        shown = f"position {shown_positions[0]}"
-    elif shown_positions[-1] - shown_positions[0] == len(shown_positions) - 1:
-        shown = f"positions {shown_positions[0]}–{shown_positions[-1]}"
-    else:
-        shown = "positions " + ", ".join(map(str, shown_positions))
+    shown = describe_positions(result.positions[n_positions - len(columns):])
     lines = [
         f"logit lens on {result.model_name} (norm {result.norm}): top-1 guess of each row, "
         f"{shown} of {len(result.tokens)} tokens",

@@ -33,11 +33,12 @@ def apply_norm(model, resid, norm="ln_f"):
     return resid
 
 
-def decode(model, resid, norm="ln_f"):
+def decode(model, resid, norm="ln_f", out=None):
     """Logits a residual would give if it were the model's output: unembed(norm(resid)).
     (..., d) -> (..., V). With norm="ln_f" this is exactly how model.run computes its logits,
-    through the same two functions (model.final_norm, model.unembed)."""
+    through the same two functions (model.final_norm, model.unembed). `out`: an optional
+    array of the result's shape to write into."""
     resid = np.asarray(resid)
     if resid.ndim == 0 or resid.shape[-1] != model.config.n_embd:
         raise InputError(f"resid must have last axis n_embd={model.config.n_embd}, found shape {resid.shape}")
-    return model.unembed(apply_norm(model, resid, norm))
+    return model.unembed(apply_norm(model, resid, norm), out=out)

@@ -181,11 +181,14 @@ def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1,
 
     trace = model.run(tokens)
     rows = row_residuals(trace, blocks, kinds)
+    # with ln_f, the last row's logits are the model's own: the forward pass computed them already
+    final_logits = trace.logits if norm == "ln_f" else None
     del trace  # rows are views: resid_mid is freed unless subblocks keeps it
 
     input_tokens = tokens[positions]
     target_tokens = np.where(positions + 1 < T, tokens[np.minimum(positions + 1, T - 1)], -1)
-    stats = cell_statistics(model, rows, positions, norm, input_tokens, target_tokens)
+    stats = cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, final_logits)
+    del final_logits
     return LensResult(
         tokens=tokens, positions=positions, labels=labels, blocks=np.array(blocks, dtype=np.int64),
         kinds=kinds, input_tokens=input_tokens, target_tokens=target_tokens,

@@ -49,6 +49,7 @@ CELL_CHARS, TICK_CHARS = 12, 16  # longer tokens are cut, with "…"
 MARGIN_LEFT, MARGIN_RIGHT = 1.0, 1.5  # row labels; colour bar and its label
 AXIS_LABEL_HEIGHT, TITLE_HEIGHT = 0.4, 0.45  # inches above/below the tilted tick labels
 COLORBAR_WIDTH, COLORBAR_GAP = 0.22, 0.25
+MIN_GRID_HEIGHT = 1.0  # inches: room for the colour bar of a model with few rows
 OUTLINE_COLOR = "#ff7f0e"  # orange: visible on the black and on the white end of every scale
 DPI = 100
 
@@ -61,13 +62,13 @@ def _matplotlib():
     """matplotlib's pieces, or a MiniGPTError naming the extra that installs it."""
     try:
         import matplotlib
-        from matplotlib import colors
+        import matplotlib.colors
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
     except ImportError:
         raise MiniGPTError(f"figures need matplotlib, which is not installed: {PLOT_EXTRA}") from None
-    return matplotlib, colors, FigureCanvasAgg, Figure, Rectangle
+    return matplotlib, FigureCanvasAgg, Figure, Rectangle
 
 
 def require_matplotlib():
@@ -75,12 +76,11 @@ def require_matplotlib():
     _matplotlib()
 
 
-def _lens_colormaps(colors):
-    """Black → blue → white, and reversed: a perceptually ordered ramp in the spirit of the post's
-    colorcet map (linear_protanopic_deuteranopic_kbw), without depending on colorcet."""
+def _black_blue_white(colors):
+    """Black → blue → white: a perceptually ordered ramp in the spirit of the post's colorcet map
+    (linear_protanopic_deuteranopic_kbw), without depending on colorcet."""
     ramp = ["#050505", "#10215c", "#2144a8", "#3f74d4", "#86acea", "#cfdcf5", "#fdfdfd"]
-    kbw = colors.LinearSegmentedColormap.from_list("lens_kbw", ramp)
-    return kbw, kbw.reversed()
+    return colors.LinearSegmentedColormap.from_list("lens_kbw", ramp)
 
 
 # -- the views -------------------------------------------------------------------------------
@@ -120,32 +120,30 @@ VIEWS = {
 }
 
 
-def _color_scale(view: View, result, cols, colors, kbw, kbw_r):
-    """(colormap, norm, colour-bar extend) of a view, for the shown columns `cols`."""
-    if view.name == "logits":
+def _color_scale(matplotlib, view: View, result, cols):
+    """(colormap, norm, colour-bar extend) of a view, for the shown columns `cols`. Light colours
+    mean close to the final output (to the input, for the two input views), as in the post."""
+    colors = matplotlib.colors
+    blues, kbw = matplotlib.colormaps["Blues"], _black_blue_white(colors)
+    if view.name == "logits":  # the post's code: the 5th to 95th percentile of the shown logits
         shown = np.asarray(result.logit_final, dtype=np.float64)[:, cols]
         finite = shown[np.isfinite(shown)]
-        low, high = (np.percentile(finite, [5, 95]) if finite.size else (0.0, 1.0))
-        if high <= low:
-            high = low + 1.0
+        low, high = np.percentile(finite, [5, 95]) if finite.size else (0.0, 1.0)
+        high = high if high > low else low + 1.0
         return kbw, colors.Normalize(vmin=float(low), vmax=float(high)), "both"
     if view.name == "probs":
-        return colors.ListedColormap(_blues(colors)(np.linspace(1, 0, 256))), colors.Normalize(0.0, 1.0), "neither"
+        return blues.reversed(), colors.Normalize(vmin=0.0, vmax=1.0), "neither"
     if view.name in ("ranks", "input-ranks"):
         floor = RANK_FLOOR if view.name == "ranks" else INPUT_RANK_FLOOR
-        return _blues(colors), colors.LogNorm(vmin=1, vmax=floor), "max"
+        return blues, colors.LogNorm(vmin=1, vmax=floor), "max"
     # kl and input-kl share one scale, so that the two figures compare (as in the post).
-    both = np.concatenate([np.ravel(np.asarray(result.kl_final)[:, cols]), np.ravel(np.asarray(result.kl_input)[:, cols])])
+    both = np.concatenate([
+        np.ravel(np.asarray(result.kl_final)[:, cols]), np.ravel(np.asarray(result.kl_input)[:, cols]),
+    ])
     both = both[np.isfinite(both)]
-    high = min(KL_CAP, float(both.max())) if both.size else 1.0
-    extend = "max" if both.size and float(both.max()) > KL_CAP else "neither"
-    return kbw_r, colors.Normalize(vmin=0.0, vmax=max(high, 1e-3)), extend
-
-
-def _blues(colors):
-    import matplotlib
-
-    return matplotlib.colormaps["Blues"]
+    largest = float(both.max()) if both.size else 1.0
+    extend = "max" if largest > KL_CAP else "neither"
+    return kbw.reversed(), colors.Normalize(vmin=0.0, vmax=max(min(KL_CAP, largest), 1e-3)), extend
 
 
 # -- drawing ---------------------------------------------------------------------------------
@@ -196,6 +194,16 @@ def shown_columns(result, columns=None, max_columns=MAX_COLUMNS) -> np.ndarray:
     return np.arange(max(0, n - max_columns), n)
 
 
+def describe_positions(positions) -> str:
+    """'position 7', 'positions 10–29' (a run) or 'positions 3, 5, 7'."""
+    positions = [int(p) for p in positions]
+    if len(positions) == 1:
+        return f"position {positions[0]}"
+    if positions == list(range(positions[0], positions[-1] + 1)):
+        return f"positions {positions[0]}–{positions[-1]}"
+    return "positions " + ", ".join(map(str, positions))
+
+
 def star_labels(result, cols) -> list:
     """Top-axis labels: the true next token, '* ' in front where the final top-1 guess is right;
     '?' after the text's last token, whose next token is unknown."""
@@ -222,15 +230,14 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
         if view not in VIEWS:
             raise InputError(f"unknown view {view!r}: choose one of {', '.join(VIEWS)}")
         view = VIEWS[view]
-    matplotlib, colors, FigureCanvasAgg, Figure, Rectangle = _matplotlib()
-    kbw, kbw_r = _lens_colormaps(colors)
+    matplotlib, FigureCanvasAgg, Figure, Rectangle = _matplotlib()
 
     cols = shown_columns(result, columns, max_columns)
     values = np.asarray(view.values(result), dtype=np.float64)[:, cols]  # (R, C)
     top1 = np.asarray(result.top1)[:, cols]  # (R, C)
     final_top1 = np.asarray(result.final_top1)[cols]  # (C,)
     n_rows, n_cols = values.shape
-    cmap, norm, extend = _color_scale(view, result, cols, colors, kbw, kbw_r)
+    cmap, norm, extend = _color_scale(matplotlib, view, result, cols)
     cmap = cmap.with_extremes(bad="#bbbbbb")
 
     tokenizer = result.tokenizer
@@ -242,13 +249,13 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
     margin_bottom = _tilted_height(inputs, TICK_FONT) + AXIS_LABEL_HEIGHT
     margin_top = _tilted_height(targets, TICK_FONT) + AXIS_LABEL_HEIGHT + TITLE_HEIGHT
     width = MARGIN_LEFT + grid_w + COLORBAR_GAP + COLORBAR_WIDTH + MARGIN_RIGHT
-    height = margin_bottom + max(grid_h, 1.5) + margin_top
+    height = margin_bottom + max(grid_h, MIN_GRID_HEIGHT) + margin_top
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((MARGIN_LEFT / width, margin_bottom / height, grid_w / width, grid_h / height))
     cax = fig.add_axes((
         (MARGIN_LEFT + grid_w + COLORBAR_GAP) / width, margin_bottom / height,
-        COLORBAR_WIDTH / width, max(grid_h, 1.5) / height,
+        COLORBAR_WIDTH / width, max(grid_h, MIN_GRID_HEIGHT) / height,
     ))
 
     image = ax.imshow(
@@ -275,11 +282,10 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
 
     # Axes: rows on the left, input tokens at the bottom, true next tokens (starred) on top.
     ax.set_yticks(range(n_rows), [str(label) for label in result.labels], fontsize=TICK_FONT)
-    ax.set_ylabel("lens row (block output)", fontsize=LABEL_FONT)
+    ax.set_ylabel("layer", fontsize=LABEL_FONT)
     ax.set_xticks(range(n_cols), inputs, rotation=45, ha="right", rotation_mode="anchor", fontsize=TICK_FONT)
-    first, last = int(result.positions[cols[0]]), int(result.positions[cols[-1]])
     ax.set_xlabel(
-        f"input token (positions {first}–{last} of {len(result.tokens)})", fontsize=LABEL_FONT
+        f"input token ({describe_positions(result.positions[cols])} of {len(result.tokens)})", fontsize=LABEL_FONT
     )
     ax.tick_params(length=0)
     top = ax.secondary_xaxis("top")

@@ -117,10 +117,11 @@ def block(resid, p, n_head, eps):
     return resid_mid, resid_post, pattern
 
 
-def unembed(x, params):
-    """Logits over the vocabulary: x @ W_U with W_U = wte.T (tied), or lm_head.T. (T, d) -> (T, V)"""
+def unembed(x, params, out=None):
+    """Logits over the vocabulary: x @ W_U with W_U = wte.T (tied), or lm_head.T. (T, d) -> (T, V)
+    `out`: an optional (T, V) array to write into (the lens reuses one buffer per chunk)."""
     W_E = params["lm_head"]["weight"] if "lm_head" in params else params["wte"]["weight"]
-    return x @ W_E.T
+    return np.matmul(x, W_E.T, out=out)
 
 
 @dataclass
@@ -193,8 +194,8 @@ class GPT2:
         """ln_f, the LayerNorm every residual goes through before the unembedding."""
         return layer_norm(x, **self.params["ln_f"], eps=self.config.layer_norm_epsilon)
 
-    def unembed(self, x):
-        return unembed(x, self.params)
+    def unembed(self, x, out=None):
+        return unembed(x, self.params, out=out)
 
     def run(self, tokens_or_text, keep_attention: bool = False) -> Trace:
         """One forward pass, keeping the residual stream after the embeddings, after every
