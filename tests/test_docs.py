@@ -5,8 +5,9 @@ The rule, for whoever writes documentation here:
   (so later blocks use names earlier ones defined), with the current directory set to an
   empty temporary folder (examples may write files) and matplotlib drawing off screen.
 - Each line of a ```bash block that starts with `minigpt ` runs too (`python -m minigpt ...`
-  from this source tree, in that same folder) and must succeed; other lines (pip, pytest,
-  python scripts/...) are shown, not run: they are tested where they are defined.
+  from this source tree, in that same folder) and must succeed, and so does `mkdir`; other
+  lines (pip, pytest, python scripts/...) are shown, not run: they are tested where they are
+  defined.
 - Examples get a model however a user would: an official name ("gpt2" ... "gpt2-xl", found in
   a HuggingFace cache that the test lays out, as a downloaded model would be), a folder
   weights/gpt2 ... weights/gpt2-xl, or the environment variable CHECKPOINT. Here all of them
@@ -22,6 +23,7 @@ import io
 import os
 import re
 import shlex
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 MAX_NO_RUN_PER_FILE = 3
 OFFICIAL_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+RUN_COMMANDS = ("minigpt", "mkdir")  # the shell commands of the docs that the test runs
 
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<info>[^`]*)$")
 
@@ -63,7 +66,7 @@ def python_blocks(path: Path):
 
 
 def shell_commands(path: Path):
-    """[(line number, info, argv)] for each `minigpt ...` command of the ```bash blocks
+    """[(line number, info, argv)] for each `minigpt ...` or `mkdir ...` command of the ```bash blocks
     (lines ending in a backslash continue on the next; `# comments` are dropped)."""
     commands = []
     for line, info, code in code_blocks(path):
@@ -78,8 +81,8 @@ def shell_commands(path: Path):
                 joined += text[:-1] + " "
                 continue
             argv = shlex.split(joined + text, comments=True)
-            if argv and argv[0] == "minigpt":
-                commands.append((start, info, argv[1:]))
+            if argv and argv[0] in RUN_COMMANDS:
+                commands.append((start, info, argv))
             joined, start = "", None
     return commands
 
@@ -95,7 +98,9 @@ def test_the_parser_finds_blocks_and_their_rule(tmp_path):
     assert python_blocks(doc) == [(3, ["python"], "a = 1"), (14, ["python", "no-run"], "b = 2")]
     doc.write_text("```bash\npip install x\nminigpt info gpt2  # a comment\n$ minigpt lens \\\n  'a b' -m gpt2\n```\n",
                    encoding="utf-8")
-    assert shell_commands(doc) == [(3, ["bash"], ["info", "gpt2"]), (4, ["bash"], ["lens", "a b", "-m", "gpt2"])]
+    assert shell_commands(doc) == [
+        (3, ["bash"], ["minigpt", "info", "gpt2"]), (4, ["bash"], ["minigpt", "lens", "a b", "-m", "gpt2"]),
+    ]
 
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"  # a commit hash, as the hub's cache names snapshots
@@ -166,9 +171,12 @@ def test_commands_run(doc, doc_environment, tmp_path):
     for line, info, argv in shell_commands(doc):
         if "no-run" in info:
             continue
-        result = run_cli(*argv, cwd=tmp_path, env=doc_environment)
+        if argv[0] == "mkdir":
+            result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+        else:
+            result = run_cli(*argv[1:], cwd=tmp_path, env=doc_environment)
         assert result.returncode == 0, (
-            f"the command at {doc.relative_to(ROOT)}:{line} failed: minigpt {shlex.join(argv)}\n{result.stderr}"
+            f"the command at {doc.relative_to(ROOT)}:{line} failed: {shlex.join(argv)}\n{result.stderr}"
         )
 
 
