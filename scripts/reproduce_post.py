@@ -536,7 +536,7 @@ def render(model, out: Path, stride: int, fmt: str, norm: str = "ln_f", log=prin
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", "-m", default=POST_MODEL, help="an official name or a checkpoint folder (default: gpt2-xl)")
+    parser.add_argument("--model", "-m", default=POST_MODEL, help="an official name, a hub id owner/name or a checkpoint folder (default: gpt2-xl)")
     parser.add_argument("--out", "-o", default="post", help="the folder to write (default: post/)")
     parser.add_argument("--stride", type=int, default=2, help="keep every K-th block and the last (default: 2, as the post)")
     parser.add_argument("--format", default="png", choices=["png", "svg", "pdf"], help="figure format (default: png)")
