@@ -553,6 +553,10 @@ def main(argv=None) -> int:
     except MiniGPTError as err:
         print(f"reproduce_post: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # e.g. --out names a file, or a folder we may not write
+        where = f" {err.filename}" if err.filename else ""
+        print(f"reproduce_post: error:{where} {err.strerror or err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -121,6 +121,13 @@ def test_bad_model_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_out_that_is_a_file_is_one_line(tiny_checkpoint, tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    result = run_script("--model", tiny_checkpoint[0], "--out", tmp_path / "taken")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "taken" in result.stderr, result.stderr
+
+
 # -- the measures, on results whose answer is known ------------------------------------------
 
 
