@@ -99,15 +99,17 @@ class Claim:
 
 CLAIMS = [
     Claim("gpt3-abstract", "logits", "logits",
-          "The top guess of each layer, coloured by its logit. The logits \"tend to increase steadily as "
+          "Each cell shows the layer's top guess, coloured by the logit the layer gives the model's final "
+          "top guess (how the author's code computes \"the logit associated with the top guess\"). These "
+          "logits \"tend to increase steadily as "
           "the model converges on a 'good guess,' then get refined in the last layers.\" Early guesses are "
           "often wrong but sensible: after \"GPT-3, an\" early layers guess *enormous* or *massive*; after "
           "\"an aut\" they guess *oreceptor* before *oregressive*; after \"175\" they guess *million*, and the "
           "model ends on a comma, not *billion*.",
           "measure_logits"),
     Claim("gpt3-abstract", "probs", "logits (the notebook's probability variant)",
-          "The same view coloured by probability instead of logit (the post's notebook offers both): "
-          "the final guess gains probability as the layers refine it.",
+          "The same view coloured by the probability each layer gives the model's final top guess "
+          "(the post's notebook offers both): the final guess gains probability as the layers refine it.",
           "measure_probs"),
     Claim("gpt3-abstract", "ranks", "ranks",
           "The rank, in each layer, of the model's *final* top-1 guess (not the true token). \"In most "
