@@ -108,8 +108,8 @@ CLAIMS = [
           "model ends on a comma, not *billion*.",
           "measure_logits"),
     Claim("gpt3-abstract", "probs", "logits (the notebook's probability variant)",
-          "The same view coloured by the probability each layer gives the model's final top guess "
-          "(the post's notebook offers both): the final guess gains probability as the layers refine it.",
+          "The same view coloured by the probability each layer gives the model's final top guess; the "
+          "post shows the logit version, its notebook offers both.",
           "measure_probs"),
     Claim("gpt3-abstract", "ranks", "ranks",
           "The rank, in each layer, of the model's *final* top-1 guess (not the true token). \"In most "
@@ -139,16 +139,16 @@ CLAIMS = [
           "only retrieves it at the end, although the repetition (\"when people say\") is plain in the input.",
           "measure_copy"),
     Claim("plasma-end", "probs", "copying a rare token",
-          "The same, by probability: the last position's final guess has little probability until the "
-          "very last layers.",
+          "The same claim seen by probability: if \"plasma\" is found only in the very last layers, its "
+          "probability at the last position stays small until then.",
           "measure_copy"),
     Claim("plasma-end", "ranks", "copying a rare token",
           "\"In the rank view, the rank of plasma is quite low until the very end\" (low as in far from "
           "the top: a large rank number).",
           "measure_copy"),
     Claim("plasma-end", "kl", "copying a rare token",
-          "KL(final ‖ layer) at the copying position stays large until the last layers, where \"plasma\" "
-          "appears.",
+          "The same claim seen by KL(final ‖ layer): at the copying position the layers' distributions "
+          "should stay far from the output until the very last layers.",
           "measure_copy"),
     Claim("plasma-first", "input-kl", "addendum: more on \"input discarding\"",
           "The addendum's plasma plots show the segment with the *first* \"plasma\": \"The preservation "
@@ -156,8 +156,8 @@ CLAIMS = [
           "copying.",
           "measure_preserved"),
     Claim("plasma-first", "input-ranks", "addendum: more on \"input discarding\"",
-          "By rank: the input token \" plasma\" keeps a good rank far into the network, better than the "
-          "common tokens around it.",
+          "The same segment by the rank of the input token (the addendum's second plot): \" plasma\" keeps "
+          "a good rank far into the network.",
           "measure_preserved"),
     Claim("repetition", "logits", "extreme repetition",
           "When text repeats itself exactly, where is the pattern noticed? \"At least in the following "
@@ -165,13 +165,15 @@ CLAIMS = [
           "after several rounds of repetition.\"",
           "measure_repetition"),
     Claim("repetition", "probs", "extreme repetition",
-          "By probability: confident, correct guesses of the repeated text appear only in the upper layers.",
+          "The same claim seen by probability: the repeated continuation should gain probability only in "
+          "the upper half.",
           "measure_repetition"),
     Claim("repetition", "ranks", "extreme repetition",
-          "By rank of the final guess: the lower layers do not rank the repeated continuation first.",
+          "The same claim seen by rank: in the lower half the final guess (the repeated continuation, where "
+          "the model gets it right) should not rank first.",
           "measure_repetition"),
     Claim("repetition", "kl", "extreme repetition",
-          "KL(final ‖ layer): the lower half stays far from the model's (correct, confident) output.",
+          "The same claim seen by KL(final ‖ layer): the lower half should stay far from the model's output.",
           "measure_repetition"),
 ]
 
