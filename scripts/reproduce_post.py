@@ -496,7 +496,8 @@ def render(model, out: Path, stride: int, fmt: str, norm: str = "ln_f", log=prin
         ("p", "How to read a figure: the bottom axis holds the input tokens; the top axis the true next tokens, "
               "starred where the model's final top-1 guess is right; each cell shows one row's top-1 guess for the "
               "next token, outlined where it equals the final guess; the colour is the quantity the view is about. "
-              "The quotes are the post's words; the rest paraphrases it. Under each claim, *here* gives what this "
+              "The quotes are the post's words; the rest paraphrases it, and \"the same claim seen by …\" marks "
+              "a view the post did not plot for that claim. Under each claim, *here* gives what this "
               "model's numbers say (medians over the positions shown, unless said otherwise); the numbers of each "
               "segment are in its JSON file."),
         ("p", f"Decoding (`--norm {norm}`): " + NORM_NOTES[norm] + " The post's text describes its activations as "
