@@ -93,6 +93,8 @@ class Tokenizer:
         )
         self.eot_token = special.get(EOT)
         self.n_vocab = self.encoding.n_vocab
+        # The longest token, in bytes (128 for GPT-2): bounds how few tokens a text can be.
+        self.max_token_bytes = max(len(token) for token in [*ranks, *(t.encode("utf-8") for t in special)])
 
     @classmethod
     def official(cls) -> "Tokenizer":
@@ -119,7 +121,10 @@ class Tokenizer:
             text.encode("utf-8")
         except UnicodeEncodeError as err:
             raise InputError(f"text holds an invalid character at index {err.start} (a lone surrogate)") from None
-        return self.encoding.encode(text, allowed_special="all")
+        try:
+            return self.encoding.encode(text, allowed_special="all")
+        except ValueError as err:  # tiktoken's regex gives up on ~1M whitespace characters in a row
+            raise InputError(f"the tokenizer cannot split this text ({len(text):,} characters): {err}") from None
 
     def decode(self, ids) -> str:
         """Text of a sequence of ids; bytes that do not form valid UTF-8 become U+FFFD."""
