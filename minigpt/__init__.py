@@ -2,6 +2,7 @@
 
     import minigpt
     model = minigpt.load("path/to/checkpoint")   # a folder with config.json + model.safetensors
+    model = minigpt.load("gpt2-xl")              # or a name, through the HuggingFace cache
     trace = model.run("The Eiffel Tower is in")
     trace.residual.shape                          # (n_layer + 1, T, n_embd)
 """
@@ -11,29 +12,35 @@ from pathlib import Path
 import numpy as np
 
 from .config import OFFICIAL, Config
-from .errors import CheckpointError, ConfigError, InputError, MiniGPTError
+from .errors import CheckpointError, ConfigError, HubError, InputError, MiniGPTError, ModelNotCachedError
 from .model import GPT2, Trace
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 __all__ = [
     "load", "GPT2", "Trace", "Config", "OFFICIAL", "Tokenizer",
-    "MiniGPTError", "ConfigError", "CheckpointError", "InputError",
+    "MiniGPTError", "ConfigError", "CheckpointError", "InputError", "HubError", "ModelNotCachedError",
 ]
 
 
-def load(source, *, dtype=np.float32) -> GPT2:
-    """Load a GPT-2 from a local checkpoint folder (config.json + model.safetensors or shards).
+def load(source, *, dtype=np.float32, revision=None, local_files_only=False) -> GPT2:
+    """Load a GPT-2: a local checkpoint folder (config.json + model.safetensors or shards), an
+    official name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") or a hub id "owner/name".
+
+    Names go through the HuggingFace cache (see minigpt/hub.py): a cached model loads with no
+    network request; otherwise only the files minigpt reads are downloaded. `revision` pins a
+    branch, tag or commit; `local_files_only=True` (or HF_HUB_OFFLINE=1) never downloads.
 
     `dtype=np.float64` converts every weight, for auditing numerical error; float32 weights are
     otherwise memory-mapped from the file, not copied.
     """
+    from .hub import resolve
+
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise InputError(f"dtype must be float32 or float64, found {dtype}")
-    directory = Path(source)
-    if not directory.exists():
-        raise CheckpointError(f"model directory not found: {source}")
-    if not directory.is_dir():
-        raise CheckpointError(f"{source} is not a directory (expected a folder with config.json and model.safetensors)")
-    return GPT2.from_directory(directory, dtype=dtype)
+    directory = resolve(source, revision=revision, local_files_only=local_files_only)
+    model = GPT2.from_directory(directory, dtype=dtype)
+    if directory != Path(source).expanduser():  # from the cache: a snapshot folder named by commit
+        model.name = str(source)
+    return model

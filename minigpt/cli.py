@@ -73,6 +73,32 @@ def load_model(args, **kwargs):
 BUILTIN_COMMANDS = []  # functions add_<name>(subparsers), in the order --help lists them
 
 
+def add_download(subparsers):
+    parser = subparsers.add_parser(
+        "download",
+        help="fetch a model into the HuggingFace cache (or a folder) and print where it is",
+        description=(
+            "Fetch a GPT-2 checkpoint from the HuggingFace hub: config.json, the safetensors weights and "
+            "the tokenizer files, nothing else. By default into the HuggingFace cache (HF_HOME), where "
+            "minigpt.load(NAME) and transformers find it; with --to, also as plain files in a folder."
+        ),
+    )
+    parser.add_argument("name", metavar="NAME", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a hub id owner/name")
+    parser.add_argument("--to", metavar="DIR", help="copy the checkpoint into DIR as plain files, e.g. weights/gpt2-xl")
+    parser.add_argument("--revision", metavar="REV", help="a branch, tag or commit of the hub repository (default: main)")
+    parser.set_defaults(run=run_download)
+
+
+def run_download(args) -> int:
+    from .hub import download
+
+    print(download(args.name, revision=args.revision, to=args.to))
+    return 0
+
+
+BUILTIN_COMMANDS.append(add_download)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minigpt",

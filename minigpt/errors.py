@@ -20,3 +20,12 @@ class NonFiniteError(CheckpointError):
 
 class InputError(MiniGPTError, ValueError):
     """A text, a token sequence or an argument that the model cannot take."""
+
+
+class HubError(MiniGPTError):
+    """A model named by hub id could not be fetched: unknown repository or revision, a refused or
+    failed download."""
+
+
+class ModelNotCachedError(HubError):
+    """A hub model is not in the local cache, and the hub cannot be reached or offline mode is on."""
