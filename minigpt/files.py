@@ -3,7 +3,6 @@ place only once complete. An interrupted run leaves the previous file intact and
 half-written one."""
 
 import os
-import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,23 +23,11 @@ def check_output_path(path) -> Path:
     return path
 
 
-def _mode_for(path: Path) -> int:
-    """The permissions the written file should have: those of the file it replaces, else what
-    open() would give a new file (0666 minus the umask)."""
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)  # the only way to read the umask portably; restored at once
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 @contextmanager
 def atomic_write(path, mode="wb", encoding=None):
     """`with atomic_write(path, "w", encoding="utf-8") as f: f.write(...)`: the file appears at
     `path` only when the block ends without an exception; otherwise the old file stays."""
     path = check_output_path(path)
-    mode_bits = _mode_for(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file private (0600); give it the mode of the file it replaces, or of
@@ -49,7 +36,6 @@ def atomic_write(path, mode="wb", encoding=None):
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
-            os.fchmod(f.fileno(), mode_bits)  # mkstemp's file is private (0600)
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
     except BaseException:
