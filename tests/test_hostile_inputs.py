@@ -40,7 +40,8 @@ OPENED = None  # while a list, the audit hook below records every path opened
 
 
 def _audit(event, args):
-    if OPENED is not None and event in ("open", "os.system", "pickle.find_class", "marshal.loads", "exec"):
+    if OPENED is not None and event in ("open", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+                                        "subprocess.Popen", "pickle.find_class", "marshal.loads"):
         OPENED.append((event, str(args[0]) if args else ""))
 
 
