@@ -139,6 +139,8 @@ def parse_header(header_bytes: bytes, data_size: int, where: str) -> dict:
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
             raise CheckpointError(f"{where}: tensor {_short(name)} has invalid data_offsets {_short(offsets)}")
         begin, end = offsets
+        if begin > end:
+            raise CheckpointError(f"{where}: tensor {_short(name)} has data_offsets [{begin}, {end}] that end before they begin")
         if not 0 <= begin <= end <= data_size:
             raise CheckpointError(
                 f"{where}: tensor {_short(name)} has data_offsets [{begin}, {end}] outside the "
