@@ -59,6 +59,11 @@ def read_text(args) -> str:
             raise MiniGPTError("standard input is not UTF-8 text") from None
     if args.text is None:
         raise MiniGPTError("no text given: pass TEXT, '-' for standard input, or --file PATH")
+    # Bytes of argv that are not UTF-8 arrive as lone surrogates U+DC80..U+DCFF (surrogateescape).
+    escaped = next((i for i, ch in enumerate(args.text) if 0xDC80 <= ord(ch) <= 0xDCFF), None)
+    if escaped is not None:
+        byte = ord(args.text[escaped]) - 0xDC00
+        raise MiniGPTError(f"TEXT is not valid UTF-8 (byte {byte:#04x} at character {escaped})")
     return args.text
 
 
