@@ -1,1 +1,16 @@
-"""The logit lens: decode every residual of GPT-2 through ln_f and the unembedding."""
+"""The logit lens: decode every residual of GPT-2 through ln_f and the unembedding.
+
+    import minigpt, lens
+    model = minigpt.load("weights/gpt2")
+    result = lens.logit_lens(model, "The Eiffel Tower is in the city of")
+    result.labels          # ["input", "h0", ..., "h11"]
+    result.top1            # (rows, positions) top-1 token of each cell
+    result.kl_final        # (rows, positions) KL(final || row) in nats
+
+The formulas are in docs/lens-math.md.
+"""
+
+from .decode import NORMS, decode
+from .lens import LensResult, logit_lens
+
+__all__ = ["logit_lens", "decode", "LensResult", "NORMS"]

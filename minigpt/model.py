@@ -117,10 +117,11 @@ def block(resid, p, n_head, eps):
     return resid_mid, resid_post, pattern
 
 
-def unembed(x, params):
-    """Logits over the vocabulary: x @ W_U with W_U = wte.T (tied), or lm_head.T. (T, d) -> (T, V)"""
+def unembed(x, params, out=None):
+    """Logits over the vocabulary: x @ W_U with W_U = wte.T (tied), or lm_head.T. (T, d) -> (T, V)
+    `out`: an optional (T, V) array to write into (the lens reuses one buffer per chunk)."""
     W_E = params["lm_head"]["weight"] if "lm_head" in params else params["wte"]["weight"]
-    return x @ W_E.T
+    return np.matmul(x, W_E.T, out=out)
 
 
 # -- where non-finite numbers came from ------------------------------------------------------
@@ -280,8 +281,8 @@ class GPT2:
         """ln_f, the LayerNorm every residual goes through before the unembedding."""
         return layer_norm(x, **self.params["ln_f"], eps=self.config.layer_norm_epsilon)
 
-    def unembed(self, x):
-        return unembed(x, self.params)
+    def unembed(self, x, out=None):
+        return unembed(x, self.params, out=out)
 
     @np.errstate(over="ignore", invalid="ignore")  # NaN and overflow are checked at the end instead
     def run(self, tokens_or_text, keep_attention: bool = False, check_finite: bool = True) -> Trace:

@@ -1,0 +1,44 @@
+"""Decoding a residual into logits, the one code path the lens and the model share.
+
+    decode(resid) = norm(resid) @ W_U        (..., d) -> (..., V)
+
+`norm` is "ln_f" (the final LayerNorm with its learned gain and bias: what the model applies
+to its own output), "normalize" (the same without gain and bias) or "none".
+"""
+
+import numpy as np
+
+from minigpt.errors import InputError
+from minigpt.model import normalize
+
+NORMS = ("ln_f", "normalize", "none")
+
+
+def check_norm(norm):
+    if not isinstance(norm, str) or norm not in NORMS:
+        raise InputError(f"norm must be one of {', '.join(map(repr, NORMS))}, found {norm!r}")
+    return norm
+
+
+def apply_norm(model, resid, norm="ln_f"):
+    """The normalisation a residual goes through before the unembedding. (..., d) -> (..., d)
+    ln_f:      LayerNorm with ln_f's learned gain and bias (what the model does to its output)
+    normalize: (x - mean) / sqrt(var + eps), no gain, no bias
+    none:      x unchanged"""
+    check_norm(norm)
+    if norm == "ln_f":
+        return model.final_norm(resid)
+    if norm == "normalize":
+        return normalize(resid, model.config.layer_norm_epsilon)
+    return resid
+
+
+def decode(model, resid, norm="ln_f", out=None):
+    """Logits a residual would give if it were the model's output: unembed(norm(resid)).
+    (..., d) -> (..., V). With norm="ln_f" this is exactly how model.run computes its logits,
+    through the same two functions (model.final_norm, model.unembed). `out`: an optional
+    array of the result's shape to write into."""
+    resid = np.asarray(resid)
+    if resid.ndim == 0 or resid.shape[-1] != model.config.n_embd:
+        raise InputError(f"resid must have last axis n_embd={model.config.n_embd}, found shape {resid.shape}")
+    return model.unembed(apply_norm(model, resid, norm), out=out)

@@ -1,0 +1,197 @@
+"""The logit lens: decode every residual of GPT-2 as if it were the last one.
+
+    rows  (R): the input (token + position embedding), optionally the residual after each
+               attention sub-block (resid_mid), and the output of each kept block; the last
+               row is always the model's output.
+    cells (R, P): one per row and decoded position.
+    decode(row) = norm(resid) @ W_U, with norm = ln_f (default), normalize or none.
+
+The per-cell statistics are computed in chunks (cells.py) so that no more than a few rows'
+vocabulary distributions exist at any time. Every formula is in docs/lens-math.md.
+"""
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minigpt.errors import InputError
+
+from .cells import cell_statistics, top_k
+from .decode import NORMS, apply_norm, check_norm, decode  # noqa: F401  (re-exported)
+
+
+# -- which rows and positions ---------------------------------------------------------------
+
+
+def kept_blocks(n_layer, stride):
+    """Blocks 0, stride, 2*stride, ... and always the last one, n_layer - 1."""
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
+        raise InputError(f"stride must be an integer >= 1, found {stride!r}")
+    if stride < 1:
+        raise InputError(f"stride must be >= 1, found {stride}")
+    blocks = list(range(0, n_layer, int(stride)))
+    if blocks[-1] != n_layer - 1:
+        blocks.append(n_layer - 1)
+    return blocks
+
+
+def row_plan(n_layer, subblocks=False, stride=1):
+    """labels, blocks, kinds of the rows, bottom to top."""
+    labels, blocks, kinds = ["input"], [-1], ["input"]
+    for l in kept_blocks(n_layer, stride):
+        if subblocks:
+            labels.append(f"h{l}.attn"), blocks.append(l), kinds.append("attn")
+        labels.append(f"h{l}"), blocks.append(l), kinds.append("block")
+    return labels, blocks, kinds
+
+
+def row_residuals(trace, blocks, kinds):
+    """The (T, d) residual behind each row: views into the trace, no copies."""
+    rows = []
+    for l, kind in zip(blocks, kinds):
+        if kind == "input":
+            rows.append(trace.residual[0])
+        elif kind == "attn":
+            rows.append(trace.resid_mid[l])
+        else:
+            rows.append(trace.residual[l + 1])
+    return rows
+
+
+def select_positions(positions, T):
+    """(P,) int64 positions in [0, T) from None (all), a slice, or a sequence of integers
+    (negative ones count from the end, as in Python)."""
+    if positions is None:
+        return np.arange(T, dtype=np.int64)
+    if isinstance(positions, slice):
+        try:
+            selected = np.arange(*positions.indices(T), dtype=np.int64)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"positions: invalid slice {positions!r} ({err})") from None
+        if selected.size == 0:
+            raise InputError(f"positions: slice {positions!r} selects no position of the {T} tokens")
+        return selected
+    if isinstance(positions, (int, np.integer)) and not isinstance(positions, bool):
+        positions = [positions]
+    try:
+        selected = [operator.index(p) for p in positions]
+    except TypeError:
+        raise InputError(f"positions must be None, a slice or a sequence of integers, found {positions!r}") from None
+    if not selected:
+        raise InputError("positions is empty: give at least one position")
+    for p in selected:
+        if not -T <= p < T:
+            raise InputError(f"positions: {p} is out of range for a text of {T} tokens (valid: 0 to {T - 1})")
+    return np.array([p % T for p in selected], dtype=np.int64)
+
+
+# -- the result -----------------------------------------------------------------------------
+
+
+@dataclass(repr=False)
+class LensResult:
+    """The logit lens of one text: per-cell arrays of shape (R rows, P positions).
+    Row 0 is the input, the last row the model's output. See docs/lens-math.md."""
+
+    tokens: np.ndarray  # (T,) int64: the whole text
+    positions: np.ndarray  # (P,) int64: the decoded positions
+    labels: list  # R str: "input", "h{l}.attn", "h{l}"
+    blocks: np.ndarray  # (R,) int64: the block each row comes after (-1: input)
+    kinds: list  # R str in {"input", "attn", "block"}
+    input_tokens: np.ndarray  # (P,) int64 = tokens[positions]
+    target_tokens: np.ndarray  # (P,) int64 = tokens[positions + 1], -1 at the text's last token
+    final_top1: np.ndarray  # (P,) int64: the model's own top-1 guess
+    top1: np.ndarray  # (R, P) int64
+    top1_logit: np.ndarray  # (R, P) float32
+    top1_prob: np.ndarray  # (R, P) float32
+    rank_final: np.ndarray  # (R, P) int64: rank of final_top1, 1 = most likely
+    logit_final: np.ndarray  # (R, P) float32
+    prob_final: np.ndarray  # (R, P) float32
+    rank_input: np.ndarray  # (R, P) int64: rank of input_tokens
+    rank_target: np.ndarray  # (R, P) int64: rank of target_tokens, -1 where undefined
+    logprob_target: np.ndarray  # (R, P) float64: NaN where undefined
+    kl_final: np.ndarray  # (R, P) float64: KL(final || row), nats
+    kl_input: np.ndarray  # (R, P) float64: KL(input || row), nats
+    entropy: np.ndarray  # (R, P) float64: nats
+    norm: str
+    model_name: str
+    tokenizer: object = None
+    _model: object = field(default=None, compare=False)
+    _rows: list = field(default=None, compare=False)  # R residual arrays (T, d), for topk
+
+    CELL_FIELDS = (
+        "top1", "top1_logit", "top1_prob", "rank_final", "logit_final", "prob_final", "rank_input",
+        "rank_target", "logprob_target", "kl_final", "kl_input", "entropy",
+    )
+
+    @property
+    def shape(self):
+        """(R, P): rows by decoded positions."""
+        return self.top1.shape
+
+    def __repr__(self):
+        R, P = self.shape
+        return (f"LensResult({self.model_name!r}, norm={self.norm!r}, {R} rows x {P} positions "
+                f"of {len(self.tokens)} tokens, rows {self.labels[0]}..{self.labels[-1]})")
+
+    def topk(self, k):
+        """The k most likely tokens of each cell, most likely first (ties: lower id first).
+        Recomputed from the residuals, chunk by chunk. -> ids (R, P, k) int64, probs (R, P, k) float32"""
+        V = self._model.config.vocab_size
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= V:
+            raise InputError(f"k must be an integer from 1 to the vocabulary size {V}, found {k!r}")
+        return top_k(self._model, self._rows, self.positions, self.norm, int(k))
+
+    def to_dict(self):
+        """Everything above as plain JSON-ready values (lists; NaN as None)."""
+        out = {
+            "model_name": self.model_name, "norm": self.norm,
+            "labels": list(self.labels), "kinds": list(self.kinds), "blocks": self.blocks.tolist(),
+        }
+        for name in ("tokens", "positions", "input_tokens", "target_tokens", "final_top1", *self.CELL_FIELDS):
+            out[name] = _json_ready(getattr(self, name))
+        return out
+
+
+def _json_ready(array):
+    values = array.tolist()
+    if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
+        values = [[None if math.isnan(v) else v for v in row] for row in values] if array.ndim == 2 else \
+                 [None if math.isnan(v) else v for v in values]
+    return values
+
+
+# -- the lens -------------------------------------------------------------------------------
+
+
+def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1, positions=None) -> LensResult:
+    """Decode the residual stream of every kept row at every chosen position.
+
+    The model always runs on the whole text; `positions` (None, a slice or a list) only
+    chooses which positions are decoded. `stride=k` keeps blocks 0, k, 2k, ... and the last;
+    `subblocks=True` adds the resid_mid row (after attention) before each kept block's row.
+    """
+    check_norm(norm)
+    labels, blocks, kinds = row_plan(model.config.n_layer, subblocks=bool(subblocks), stride=stride)
+    tokens = model.to_tokens(tokens_or_text)
+    T = len(tokens)
+    positions = select_positions(positions, T)
+
+    trace = model.run(tokens)
+    rows = row_residuals(trace, blocks, kinds)
+    # with ln_f, the last row's logits are the model's own: the forward pass computed them already
+    final_logits = trace.logits if norm == "ln_f" else None
+    del trace  # rows are views: resid_mid is freed unless subblocks keeps it
+
+    input_tokens = tokens[positions]
+    target_tokens = np.where(positions + 1 < T, tokens[np.minimum(positions + 1, T - 1)], -1)
+    stats = cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, final_logits)
+    del final_logits
+    return LensResult(
+        tokens=tokens, positions=positions, labels=labels, blocks=np.array(blocks, dtype=np.int64),
+        kinds=kinds, input_tokens=input_tokens, target_tokens=target_tokens,
+        final_top1=stats["top1"][-1].copy(), **stats,
+        norm=norm, model_name=model.name, tokenizer=model.tokenizer, _model=model, _rows=rows,
+    )

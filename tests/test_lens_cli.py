@@ -1,0 +1,285 @@
+"""`minigpt lens` as a user runs it: a subprocess, through the entry point, on a random checkpoint.
+Every error a user can cause is one line on stderr, a non-zero exit code, never a traceback."""
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+import lens
+import minigpt
+from lens.cli import MAX_COLUMNS, cut, display_width, format_table, parse_positions, resolve_positions
+from lens.examples import EXAMPLES
+from minigpt.errors import InputError
+from tests.conftest import ROOT, run_cli
+
+TEXT = "Sometimes, when people say plasma, they mean a state of matter."
+LONG_TEXT = " plasma" * 80  # 80 tokens: longer than the tiny model's 64 positions
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint[0]
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return minigpt.load(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def deep_checkpoint(tmp_path_factory):
+    """Five blocks, so that a stride has blocks to skip."""
+    from tests.checkpoints import make_checkpoint
+
+    path, _ = make_checkpoint(tmp_path_factory.mktemp("deep") / "deep", seed=5, n_layer=5, n_head=2, n_embd=16, n_ctx=32)
+    return path
+
+
+def lens_cli(checkpoint, *args, **kwargs):
+    return run_cli("lens", *args, "--model", checkpoint, **kwargs)
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def one_line_error(proc, *fragments):
+    """The process failed with exactly one line on stderr, holding every fragment."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("minigpt: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def blocking_env(tmp_path, code):
+    """Environment for a subprocess that runs `code` at startup (a sitecustomize module on the
+    path), to simulate a machine without matplotlib or with a read-only folder."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(textwrap.dedent(code))
+    return {"PYTHONPATH": os.pathsep.join([str(ROOT), str(site)])}
+
+
+# -- the terminal table ----------------------------------------------------------------------
+
+
+def test_the_table_is_the_lens_of_the_last_positions(checkpoint, model):
+    proc = ok(lens_cli(checkpoint, TEXT))
+    tokens = model.tokenizer.encode(TEXT)
+    result = lens.logit_lens(model, tokens)
+    assert proc.stdout == format_table(result) + "\n"
+
+    lines = proc.stdout.splitlines()
+    assert all(display_width(line) <= 100 for line in lines)
+    # Output row on top, input row at the bottom; each row's top-1 guess at the last position.
+    grid = lines[3:3 + len(result.labels)]
+    assert [line.split(" | ")[0].strip() for line in grid] == list(reversed(result.labels))
+    for line, row in zip(grid, reversed(range(len(result.labels)))):
+        assert line.endswith(cut(model.tokenizer.readable(int(result.top1[row, -1])), 10))
+    assert lines[1].startswith("next") and lines[1].endswith("?")  # after the last token: unknown
+    assert lines[-2].startswith("text") and lines[-2].endswith(cut(model.tokenizer.readable(tokens[-1]), 10))
+
+
+def test_table_marks_right_guesses_and_flips_top_down(model):
+    tokens = list(model.tokenizer.encode(TEXT))
+    tokens.append(int(model.logits(tokens)[-1].argmax()))  # the model's own guess: a right one
+    result = lens.logit_lens(model, tokens)
+    lines = format_table(result).splitlines()
+    assert lines[1].split()[-2] == "*" + cut(model.tokenizer.readable(tokens[-1]), 10)
+    flipped = format_table(result, top_down=True).splitlines()
+    assert flipped[3].startswith("input") and flipped[2 + len(result.labels)].startswith(result.labels[-1])
+
+
+def test_table_fits_a_narrow_width(model):
+    result = lens.logit_lens(model, model.tokenizer.encode(TEXT))
+    lines = format_table(result, width=40).splitlines()
+    assert all(display_width(line) <= 40 for line in lines[1:-1])
+    assert "positions" in lines[0] or "position" in lines[0]
+
+
+def test_top_down_option(checkpoint):
+    proc = ok(lens_cli(checkpoint, TEXT, "--top-down", "--view", "kl"))
+    lines = proc.stdout.splitlines()
+    assert lines[3].startswith("input") and lines[3 + 2].startswith("h1")
+    assert proc.stderr == "minigpt: note: --view kl needs --out FILE to draw a figure; printing the table\n"
+
+
+def test_display_width_and_cut():
+    assert display_width("␣plasma") == 7
+    assert display_width("日本") == 4
+    assert cut("␣abcdefghijkl", 10) == "␣abcdefgh…"
+    assert display_width(cut("日本語の文章です", 10)) <= 10
+
+
+# -- where the text comes from ---------------------------------------------------------------
+
+
+def test_text_from_stdin_file_and_argument_agree(checkpoint, tmp_path):
+    from_argument = ok(lens_cli(checkpoint, TEXT)).stdout
+    assert ok(lens_cli(checkpoint, "-", input=TEXT)).stdout == from_argument
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    assert ok(lens_cli(checkpoint, "--file", path)).stdout == from_argument
+
+
+def test_examples_are_the_posts_texts(checkpoint):
+    assert EXAMPLES["plasma"] == (
+        "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say plasma"
+    )
+    assert EXAMPLES["gpt3-abstract"].startswith("Recent work has demonstrated substantial gains")
+    assert "Specifically, we train GPT-3, an autoregressive language model with 175 billion parameters" in EXAMPLES["gpt3-abstract"]
+    assert EXAMPLES["gpt3-abstract"].endswith("We discuss broader societal impacts of this finding and of GPT-3 in general.")
+    plasma = ok(lens_cli(checkpoint, "--example", "plasma")).stdout.splitlines()
+    assert plasma[-2].endswith("␣plasma")
+    ok(lens_cli(checkpoint, "--example", "repetition", "--window", "--positions", "0:5"))
+    # The abstract (373 tokens) is longer than the tiny model's 64 positions: --window keeps the end.
+    one_line_error(lens_cli(checkpoint, "--example", "gpt3-abstract"), "longer than the model's context of 64", "--window")
+    proc = ok(lens_cli(checkpoint, "--example", "gpt3-abstract", "--window"))
+    assert "keeping the last 64" in proc.stderr
+    assert proc.stdout.splitlines()[-2].endswith("␣general.") or proc.stdout.splitlines()[-2].endswith(".")
+
+
+def test_example_errors(checkpoint):
+    one_line_error(lens_cli(checkpoint, "--example", "bananas"), "unknown example 'bananas'", "plasma")
+    one_line_error(lens_cli(checkpoint, TEXT, "--example", "plasma"), "not both")
+
+
+# -- figures and numbers ---------------------------------------------------------------------
+
+
+def test_all_views_into_a_folder(checkpoint, tmp_path):
+    proc = ok(lens_cli(checkpoint, TEXT, "--view", "all", "--out", tmp_path, "--subblocks"))
+    views = ["logits", "probs", "ranks", "kl", "input-kl", "input-ranks"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{v}.png" for v in views)
+    for view in views:
+        assert (tmp_path / f"{view}.png").read_bytes().startswith(b"\x89PNG")
+        assert f"wrote {tmp_path / view}.png" in proc.stderr
+    assert proc.stdout == ""  # a figure instead of the table
+
+
+def test_one_view_format_from_extension(checkpoint, tmp_path):
+    """(png, svg and pdf are each checked in test_plot.py; here the command's path to them.)"""
+    proc = ok(lens_cli(checkpoint, TEXT, "--view", "input-kl", "--out", tmp_path / "kl.svg", "--top-down"))
+    svg = (tmp_path / "kl.svg").read_text(encoding="utf-8")
+    assert svg.startswith("<?xml") and "KL(input ‖ row), nats" in svg
+    assert proc.stderr == f"wrote {tmp_path / 'kl.svg'}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["kl.svg"]  # no temporary file left behind
+
+
+def load_json(path):
+    def refuse(constant):
+        raise AssertionError(f"{constant} in JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def test_json_positions_stride_subblocks_norm(checkpoint, deep_checkpoint, model, tmp_path):
+    n_tokens = len(model.tokenizer.encode(TEXT))
+    out = tmp_path / "lens.json"
+    ok(lens_cli(checkpoint, TEXT, "--positions", "2:6", "--json", out, "--norm", "ln_f"))
+    data = load_json(out)
+    assert data["positions"] == [2, 3, 4, 5]
+    assert data["labels"] == ["input", "h0", "h1"] and data["norm"] == "ln_f"
+    expected = lens.logit_lens(model, model.tokenizer.encode(TEXT), positions=np.arange(2, 6)).to_dict()
+    assert data == json.loads(json.dumps(expected))
+
+    ok(lens_cli(deep_checkpoint, TEXT, "--positions=-3:", "--stride", "3", "--json", out))
+    data = load_json(out)
+    assert data["positions"] == list(range(n_tokens - 3, n_tokens)) and data["labels"] == ["input", "h0", "h3", "h4"]
+    assert data["target_tokens"][-1] == -1
+
+    proc = ok(lens_cli(checkpoint, TEXT, "--positions", "1,3", "--subblocks", "--norm", "normalize", "--json", out))
+    data = load_json(out)
+    assert data["positions"] == [1, 3] and data["labels"] == ["input", "h0.attn", "h0", "h1.attn", "h1"]
+    assert data["norm"] == "normalize"
+    assert "(norm normalize)" in proc.stdout.splitlines()[0] and "positions 1, 3" in proc.stdout.splitlines()[0]
+
+
+def test_parse_and_resolve_positions():
+    assert list(resolve_positions(parse_positions("10:13"), 40)) == [10, 11, 12]
+    assert list(resolve_positions(parse_positions("-2:"), 40)) == [38, 39]
+    assert list(resolve_positions(parse_positions("::10"), 25)) == [0, 10, 20]
+    assert list(resolve_positions(parse_positions("7,3,-1,3"), 40)) == [3, 7, 39]
+    assert list(resolve_positions(None, 40)) == list(range(40 - MAX_COLUMNS, 40))
+    assert list(resolve_positions(None, 5)) == [0, 1, 2, 3, 4]
+    for bad in ("a:b", "1:2:3:4", "3,x", ""):
+        with pytest.raises(InputError, match="--positions"):
+            resolve_positions(parse_positions(bad), 40)
+    for spec in ("40", "-41", "30:40", "5:5", "::0"):
+        with pytest.raises(InputError, match="--positions"):
+            resolve_positions(parse_positions(spec), 30)
+
+
+# -- bad input: one line, no traceback -------------------------------------------------------
+
+
+def test_bad_text_and_options(checkpoint, tmp_path):
+    one_line_error(lens_cli(checkpoint, ""), "text is empty")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    one_line_error(lens_cli(checkpoint, "--file", empty), "text is empty")
+    one_line_error(lens_cli(checkpoint), "no text given")
+    one_line_error(lens_cli(checkpoint, TEXT, "--view", "bananas"), "unknown view 'bananas'", "input-ranks")
+    one_line_error(lens_cli(checkpoint, TEXT, "--norm", "bananas"), "unknown --norm 'bananas'", "ln_f")
+    one_line_error(lens_cli(checkpoint, TEXT, "--stride", "0"), "--stride must be at least 1")
+    one_line_error(lens_cli(checkpoint, TEXT, "--positions", "x"), "--positions 'x'")
+    one_line_error(lens_cli(checkpoint, TEXT, "--positions", "99"), "outside the text's 14 tokens")
+
+
+def test_text_longer_than_the_context(checkpoint):
+    one_line_error(lens_cli(checkpoint, LONG_TEXT), "80 tokens, longer than the model's context of 64", "--window")
+    proc = ok(lens_cli(checkpoint, LONG_TEXT, "--window"))
+    assert proc.stderr.strip() == "minigpt: note: text is 80 tokens; keeping the last 64 (the model's context)"
+    assert "of 64 tokens" in proc.stdout.splitlines()[0]
+
+
+def test_bad_output_paths(checkpoint, tmp_path):
+    one_line_error(lens_cli(checkpoint, TEXT, "--out", tmp_path / "missing" / "a.png"), "does not exist")
+    one_line_error(lens_cli(checkpoint, TEXT, "--json", tmp_path / "missing" / "a.json"), "does not exist")
+    one_line_error(lens_cli(checkpoint, TEXT, "--out", tmp_path / "a.jpeg"), ".png, .svg or .pdf")
+    one_line_error(lens_cli(checkpoint, TEXT, "--view", "all", "--out", tmp_path / "missing"), "not an existing folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_folder_not_writable(checkpoint, tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    env = None
+    if os.geteuid() == 0:  # root writes anywhere: simulate the refusal the OS gives other users
+        env = blocking_env(tmp_path, f"""
+            import os
+            _access = os.access
+            def access(path, mode, *args, **kwargs):
+                if mode & os.W_OK and os.path.realpath(path) == {str(folder.resolve())!r}:
+                    return False
+                return _access(path, mode, *args, **kwargs)
+            os.access = access
+        """)
+    try:
+        one_line_error(lens_cli(checkpoint, TEXT, "--out", folder / "a.png", env=env), "not writable")
+        one_line_error(lens_cli(checkpoint, TEXT, "--view", "all", "--out", folder, env=env), "not writable")
+    finally:
+        folder.chmod(0o755)
+    assert list(folder.iterdir()) == []
+
+
+def test_missing_matplotlib_names_the_extra(checkpoint, tmp_path):
+    env = blocking_env(tmp_path, """
+        import sys
+        sys.modules["matplotlib"] = None  # `import matplotlib` raises ImportError
+    """)
+    one_line_error(
+        lens_cli(checkpoint, TEXT, "--out", tmp_path / "a.png", env=env), 'pip install "minigpt[plot]"'
+    )
+    assert not (tmp_path / "a.png").exists()
+    ok(lens_cli(checkpoint, TEXT, env=env))  # the table needs no matplotlib
