@@ -54,7 +54,7 @@ def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
         merges = Path(merges_path).read_text(encoding="utf-8").split("\n")
     except OSError as err:
         raise TokenizerError(f"cannot read tokenizer file: {err}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON, or a number too long
         raise TokenizerError(f"{vocab_path} is not a valid vocabulary JSON file") from None
     if not isinstance(vocab, dict):
         raise TokenizerError(f"{vocab_path} is not a JSON object of token → id")

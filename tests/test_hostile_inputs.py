@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import minigpt
 from minigpt import CheckpointError, ConfigError, InputError, MiniGPTError
@@ -224,6 +226,19 @@ def test_the_length_bound_never_refuses_a_text_that_fits(model):
     assert len(model.run(text).tokens) <= 64
 
 
+@settings(max_examples=200, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(st.characters(exclude_categories=()), max_size=80))  # surrogates and controls included
+def test_any_string_either_runs_or_is_an_input_error(model, text):
+    try:
+        trace = model.run(text)
+    except InputError as err:
+        assert "\n" not in str(err)
+        return
+    assert model.tokenizer.decode(trace.tokens) == text
+    assert np.isfinite(trace.logits).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # config.json and the shard index: broken in the ways JSON files break
 
@@ -269,6 +284,15 @@ def test_broken_shard_index(folder, index, message):
     (folder / "model.safetensors").unlink()
     (folder / "model.safetensors.index.json").write_text(index)
     with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        minigpt.load(folder)
+
+
+@pytest.mark.parametrize("content", [b'{"!": ' + b"9" * 5000 + b"}", b"[" * 100_000, b"\xff"])
+def test_broken_vocab_json(folder, content):
+    from minigpt.tokenizer import TokenizerError
+
+    (folder / "vocab.json").write_bytes(content)
+    with pytest.raises(TokenizerError, match="vocab.json is not a valid vocabulary JSON file"):
         minigpt.load(folder)
 
 
