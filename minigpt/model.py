@@ -161,8 +161,11 @@ def locate_nonfinite(params, tokens, residual, resid_mid, logits, tokenizer=None
     """None if the logits are all finite; else one line saying at which stage and position NaN
     or inf first appeared, and which tensors of that stage hold NaN or inf (with the row, for
     embedding matrices), or that none does and the values overflowed."""
-    if np.isfinite(logits).all():
-        return None
+    # A finite sum means every logit is finite (NaN or inf would reach the sum); the sum is
+    # three times cheaper than isfinite over (T, V), and only a sum that overflows costs both.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(logits.sum()) or np.isfinite(logits).all():
+            return None
     n_layer = len(resid_mid)
     outputs = [residual[0]]
     for l in range(n_layer):
