@@ -11,6 +11,7 @@ exit with code 1; `--debug` shows the traceback instead.
 
 import argparse
 import sys
+import warnings
 from importlib.metadata import entry_points
 
 from . import __version__
@@ -102,6 +103,64 @@ def run_download(args) -> int:
 
 
 BUILTIN_COMMANDS.append(add_download)
+
+
+# -- minigpt generate ----------------------------------------------------------------------------
+
+
+def add_generate(subparsers):
+    parser = subparsers.add_parser(
+        "generate", help="continue a text, printing it as it is written",
+        description="Continue TEXT with the model, printing each piece of text as soon as it is made "
+                    "(the prompt first, unless --no-echo). Generation stops after --max-new-tokens tokens, "
+                    "at <|endoftext|>, or when the text fills the model's context (a note on stderr says so).",
+    )
+    add_text_arguments(parser)
+    add_model_argument(parser)
+    parser.add_argument("--max-new-tokens", "-n", type=int, default=50, metavar="N",
+                        help="how many tokens to add at most (default 50)")
+    parser.add_argument("--temperature", "-t", type=float, default=1.0, metavar="T",
+                        help="divide the logits by T before sampling; 0 is greedy (default 1)")
+    parser.add_argument("--top-k", type=int, metavar="K", help="sample only among the K most likely tokens")
+    parser.add_argument("--top-p", type=float, metavar="P",
+                        help="sample only among the most likely tokens that together hold probability P (nucleus)")
+    parser.add_argument("--seed", type=int, metavar="S", help="seed the sampler: the same seed gives the same text")
+    parser.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|>")
+    parser.add_argument("--no-echo", action="store_true", help="print only the new text, not the prompt before it")
+    parser.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> int:
+    from .generate import STOP_EOS, STOP_N_CTX, ContextFullWarning, text_pieces
+
+    prompt = read_text(args)
+    model = load_model(args)
+    stream = model.stream(
+        prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, stop_at_eos=not args.ignore_eos,
+    )  # arguments are checked here, before anything is printed
+    out = sys.stdout
+    if not args.no_echo:
+        out.write(prompt)
+        out.flush()
+    eos = model.tokenizer.eot_token if not args.ignore_eos else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContextFullWarning)  # said below, as a note
+        for piece in text_pieces((token for token in stream if token != eos), model.tokenizer):
+            out.write(piece)
+            out.flush()
+    if out.isatty():
+        out.write("\n")
+    out.flush()
+    if stream.stop_reason == STOP_N_CTX:
+        print(f"minigpt: note: stopped after {len(stream.tokens)} of {args.max_new_tokens} new tokens: the text "
+              f"filled the model's context of {model.config.n_ctx} tokens", file=sys.stderr)
+    elif stream.stop_reason == STOP_EOS:
+        print("minigpt: note: the model wrote <|endoftext|>; stopped there", file=sys.stderr)
+    return 0
+
+
+BUILTIN_COMMANDS.append(add_generate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,11 +96,20 @@ def causal_attention(q, k, v, offset=0):
     return pattern @ v, pattern
 
 
-def self_attention(x, attn, n_head):
-    """Multi-head causal self-attention. x: (T, d) -> (T, d), and the pattern (H, T, T)."""
+def self_attention(x, attn, n_head, kv_cache=None):
+    """Multi-head causal self-attention. x: (T, d) -> (T, d), and the pattern (H, T, T).
+
+    With a `kv_cache` (text generation, see generate.py), x holds the T positions that follow
+    the ones already cached: their keys and values join the cache, and their queries attend
+    over every position so far; the pattern is then (H, T, cached + T).
+    """
     qkv = linear(x, **attn["c_attn"])  # (T, 3d): q, k, v side by side
     q, k, v = (split_heads(part, n_head) for part in np.split(qkv, 3, axis=-1))
-    out, pattern = causal_attention(q, k, v)
+    offset = 0
+    if kv_cache is not None:
+        offset = kv_cache.length  # positions already cached
+        k, v = kv_cache.append(k, v)  # (H, offset + T, hs): the cached keys and values, then these
+    out, pattern = causal_attention(q, k, v, offset)
     return linear(merge_heads(out), **attn["c_proj"]), pattern
 
 
@@ -109,9 +118,9 @@ def mlp(x, p):
     return linear(gelu_new(linear(x, **p["c_fc"])), **p["c_proj"])
 
 
-def block(resid, p, n_head, eps):
+def block(resid, p, n_head, eps, kv_cache=None):
     """One pre-LN transformer block. Returns resid_mid (after attention), resid_post, pattern."""
-    attn_out, pattern = self_attention(layer_norm(resid, **p["ln_1"], eps=eps), p["attn"], n_head)
+    attn_out, pattern = self_attention(layer_norm(resid, **p["ln_1"], eps=eps), p["attn"], n_head, kv_cache)
     resid_mid = resid + attn_out
     resid_post = resid_mid + mlp(layer_norm(resid_mid, **p["ln_2"], eps=eps), p["mlp"])
     return resid_mid, resid_post, pattern
@@ -314,3 +323,24 @@ class GPT2:
     def logits(self, tokens_or_text) -> np.ndarray:
         """(T, vocab_size) next-token logits."""
         return self.run(tokens_or_text).logits
+
+    # -- text generation (generate.py: a key/value cache, then one position per new token) --
+
+    def generate(self, tokens_or_text, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
+                 seed=None, stop_at_eos=True) -> list:
+        """The new token ids after the prompt. temperature=0 is greedy; top_k keeps the k most
+        likely tokens, top_p the smallest set holding that much probability; the same seed gives
+        the same tokens. With stop_at_eos, <|endoftext|> ends the list. The result's
+        `stop_reason` is "max_new_tokens", "eos" or "n_ctx" (the text filled the context)."""
+        from .generate import generate
+
+        return generate(self, tokens_or_text, max_new_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
+
+    def stream(self, tokens_or_text, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
+               seed=None, stop_at_eos=True):
+        """Like generate, but yields each new token id as soon as it is made (a TokenStream)."""
+        from .generate import TokenStream
+
+        return TokenStream(self, tokens_or_text, max_new_tokens, temperature=temperature, top_k=top_k,
+                           top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
