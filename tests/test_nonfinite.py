@@ -79,3 +79,28 @@ def test_a_sound_checkpoint_is_not_flagged(tiny_checkpoint):
     path, _ = tiny_checkpoint
     trace = minigpt.load(path).run(TEXT)
     assert np.isfinite(trace.logits).all()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generation_refuses_to_sample_from_nan(tiny_checkpoint, tmp_path, temperature):
+    """Greedy decoding would read NaN logits as token 0 ('!'), sampling would fail inside NumPy:
+    both end in the error that names the tensor instead."""
+    path, _ = tiny_checkpoint
+    model = minigpt.load(edited_checkpoint(path, tmp_path / "nan", set_value("h.0.mlp.c_proj.bias", (2,), np.nan)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(NonFiniteError, match=r"first appears in block 0's MLP, at position 0 \(token 464 'The'\): "
+                                                 r"the checkpoint's h.0.mlp.c_proj.bias holds NaN or inf"):
+            model.generate(TEXT, 3, temperature=temperature, seed=0)
+
+
+def test_generation_names_a_nan_met_only_by_a_generated_token(tiny_checkpoint, tmp_path):
+    """NaN in the position embedding of position 8: the 8-token prompt is fine, the first
+    generated token (at position 8) is not, and the error comes from the text so far."""
+    path, _ = tiny_checkpoint
+    first = int(minigpt.load(path).generate(TEXT, 1, temperature=0)[0])
+    model = minigpt.load(edited_checkpoint(path, tmp_path / "nan", set_value("wpe.weight", (8, 0), np.nan)))
+    assert len(model.generate(TEXT, 1, temperature=0)) == 1  # one token needs no step at position 8
+    with pytest.raises(NonFiniteError, match=rf"first appears in the embedding \(wte \+ wpe\), at position 8 \(token {first} "
+                                             r".*: the checkpoint's wpe.weight row 8 holds NaN or inf"):
+        model.generate(TEXT, 3, temperature=0)
