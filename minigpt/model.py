@@ -252,7 +252,7 @@ class GPT2:
         if isinstance(tokens_or_text, str):
             if not tokens_or_text:
                 raise InputError("text is empty: give at least one character")
-            self._refuse_text_longer_than_context(tokens_or_text)
+            self.check_text_fits(tokens_or_text)
             tokens = np.asarray(self.tokenizer.encode(tokens_or_text), dtype=np.int64)
         else:
             tokens = np.asarray(tokens_or_text)
@@ -275,7 +275,7 @@ class GPT2:
             )
         return tokens
 
-    def _refuse_text_longer_than_context(self, text: str):
+    def check_text_fits(self, text: str):
         """A text of B UTF-8 bytes is at least B / (longest token in bytes) tokens: refuse a text
         that cannot fit before spending time tokenizing it (1 MB would take ~0.5 s; and tiktoken
         fails on runs of about a million whitespace characters)."""

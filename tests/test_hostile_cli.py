@@ -93,7 +93,8 @@ MEGABYTE = ("All work and no play makes Jack a dull boy. " * 24_000).encode()  #
 
 
 @pytest.mark.parametrize("command, expected", [
-    ("lens", "text is 264001 tokens, longer than the model's context of 64: shorten it or pass --window to keep the last 64"),
+    ("lens", "text of 1,056,000 bytes is at least 8,250 tokens, more than the model's context of 64 positions: "
+             "shorten it or pass --window to keep the last 64"),
     ("generate", "prompt: text of 1,056,000 bytes is at least 8,250 tokens, more than the model's context of 64 positions"),
 ])
 def test_a_megabyte_on_stdin_is_a_clear_error(capsys, monkeypatch, checkpoint, command, expected):
