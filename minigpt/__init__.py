@@ -36,7 +36,10 @@ def load(source, *, dtype=np.float32, revision=None, local_files_only=False) -> 
     """
     from .hub import resolve
 
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # e.g. "bfloat16", which NumPy does not know
+        raise InputError(f"dtype must be float32 or float64, found {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise InputError(f"dtype must be float32 or float64, found {dtype}")
     directory = resolve(source, revision=revision, local_files_only=local_files_only)

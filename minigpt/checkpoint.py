@@ -267,10 +267,16 @@ PREFIX = "transformer."
 
 
 def expected_shapes(config: Config) -> dict:
+    return dict(_expected(config))
+
+
+def _expected(config: Config):
+    """(name, shape) of every GPT-2 weight, one at a time: a config.json claiming a billion
+    blocks can be checked without building twelve billion names."""
     d, m, V = config.n_embd, config.mlp_width, config.vocab_size
-    shapes = {"wte.weight": (V, d), "wpe.weight": (config.n_ctx, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    yield from {"wte.weight": (V, d), "wpe.weight": (config.n_ctx, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}.items()
     for i in range(config.n_layer):
-        shapes.update({
+        yield from {
             f"h.{i}.ln_1.weight": (d,),
             f"h.{i}.ln_1.bias": (d,),
             f"h.{i}.attn.c_attn.weight": (d, 3 * d),
@@ -283,8 +289,20 @@ def expected_shapes(config: Config) -> dict:
             f"h.{i}.mlp.c_fc.bias": (m,),
             f"h.{i}.mlp.c_proj.weight": (m, d),
             f"h.{i}.mlp.c_proj.bias": (d,),
-        })
-    return shapes
+        }.items()
+
+
+BLOCK_WEIGHTS = {name.split(".", 2)[2] for name, _ in _expected(Config(1, 1, 1, 1, 1))
+                 if name.startswith("h.")}  # "ln_1.weight", "attn.c_attn.bias", ...
+
+
+def _is_expected(name: str, config: Config) -> bool:
+    """Whether `name` (without prefix) is one of the weights `config` needs."""
+    if name in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
+        return True
+    parts = name.split(".", 2)
+    return (len(parts) == 3 and parts[0] == "h" and parts[1].isdigit() and str(int(parts[1])) == parts[1]
+            and int(parts[1]) < config.n_layer and parts[2] in BLOCK_WEIGHTS)
 
 
 def _is_mask_buffer(name: str) -> bool:
@@ -331,14 +349,14 @@ def load_params(directory: Path, config: Config, dtype=np.float32) -> dict:
     """
     dtype = np.dtype(dtype)
     files = [SafetensorsFile(path) for path in weight_files(Path(directory))]
-    # Compare counts before listing the expected names: a config.json claiming a billion
-    # blocks must end in an error, not in building twelve billion strings.
-    n_needed, n_stored = 12 * config.n_layer + 4, sum(len(file.names()) for file in files)
-    if n_needed > n_stored:
-        raise CheckpointError(
-            f"config.json in {directory} describes {config.n_layer} blocks ({n_needed} tensors), "
-            f"but the weights hold only {n_stored} tensors"
-        )
+    # Name the first missing tensor without listing every expected name: a config.json claiming
+    # a billion blocks must end in this error, not in building twelve billion strings.
+    stored = {name.removeprefix(PREFIX) for file in files for name in file.names()}
+    n_missing = 12 * config.n_layer + 4 - sum(_is_expected(name, config) for name in stored)
+    if n_missing > 0:
+        first = next(name for name, _ in _expected(config) if name not in stored)
+        more = f" (and {n_missing - 1} more)" if n_missing > 1 else ""
+        raise CheckpointError(f"checkpoint in {directory} lacks the tensor {first!r}{more}")
     expected = expected_shapes(config)
     flat = {}
     lm_head = None

@@ -255,12 +255,14 @@ class GPT2:
             self.check_text_fits(tokens_or_text)
             tokens = np.asarray(self.tokenizer.encode(tokens_or_text), dtype=np.int64)
         else:
-            tokens = np.asarray(tokens_or_text)
+            try:
+                tokens = np.asarray(tokens_or_text)
+            except (ValueError, TypeError):  # ragged nesting such as [[1, 2], [3]]
+                raise InputError("tokens must be a list or 1-D array of ids, found a ragged nested sequence") from None
             if tokens.ndim != 1:
                 raise InputError(f"tokens must be a list or 1-D array of ids, found shape {tokens.shape}")
             if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
                 raise InputError(f"tokens must be integer ids, found dtype {tokens.dtype}")
-            tokens = tokens.astype(np.int64)
         if tokens.size == 0:
             raise InputError("token sequence is empty: give at least one token")
         if len(tokens) > self.config.n_ctx:
@@ -273,7 +275,7 @@ class GPT2:
             raise InputError(
                 f"token id {int(tokens[i])} at position {i} is outside the vocabulary [0, {self.config.vocab_size})"
             )
-        return tokens
+        return tokens.astype(np.int64)  # cast only now: a uint64 id 2**64-1 would have become -1
 
     def check_text_fits(self, text: str):
         """A text of B UTF-8 bytes is at least B / (longest token in bytes) tokens: refuse a text

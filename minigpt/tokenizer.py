@@ -14,6 +14,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 
 from .errors import InputError, MiniGPTError
@@ -46,18 +47,27 @@ def bytes_to_unicode() -> dict:
     return table
 
 
+def _read_text(path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise TokenizerError(f"cannot read tokenizer file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path} is not UTF-8 text") from None
+
+
 def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
     """{token bytes: id} from vocab.json, checked against merges.txt; and the special tokens."""
     char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
     try:
-        vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
-        merges = Path(merges_path).read_text(encoding="utf-8").split("\n")
-    except OSError as err:
-        raise TokenizerError(f"cannot read tokenizer file: {err}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON, or a number too long
+        vocab = json.loads(_read_text(vocab_path))
+    except (ValueError, RecursionError):  # ValueError: bad JSON, or a number of thousands of digits
         raise TokenizerError(f"{vocab_path} is not a valid vocabulary JSON file") from None
-    if not isinstance(vocab, dict):
-        raise TokenizerError(f"{vocab_path} is not a JSON object of token → id")
+    # splitlines also drops a "\r" (CRLF files); the other breaks it knows never occur in
+    # GPT-2's byte alphabet, where control and blank characters are written as chr(256 + k).
+    merges = _read_text(merges_path).splitlines()
+    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
+        raise TokenizerError(f"{vocab_path} is not a JSON object of token → integer id")
 
     special = {token: i for token, i in vocab.items() if token == EOT}
     ranks = {}
@@ -68,14 +78,27 @@ def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
     except KeyError:
         raise TokenizerError(f"{vocab_path}: token {token!r} is not in GPT-2's byte alphabet") from None
 
-    # merges.txt: a version line, then "first second" per line in merge order. Merge i makes the
-    # token of id 256 + i, which is what makes ids usable as merge ranks.
-    lines = [line for line in merges[1:] if line]
+    # tiktoken needs a token for every single byte (it panics on an unknown byte otherwise).
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise TokenizerError(f"{vocab_path} has no token for byte {missing[0]:#04x} (and {len(missing) - 1} more)")
+
+    # merges.txt: an optional "#version" line, then "first second" per line in merge order.
+    # Merge i makes the token of id 256 + i, which is what makes ids usable as merge ranks.
+    if merges and merges[0].startswith("#version"):
+        merges = merges[1:]
+    lines = [line for line in merges if line]
     for i, line in enumerate(lines):
         parts = line.split(" ")
         merged = "".join(parts)
         if len(parts) != 2 or vocab.get(merged) != 256 + i:
-            raise TokenizerError(f"{merges_path} line {i + 2} ({line!r}) does not match {vocab_path}")
+            raise TokenizerError(f"{merges_path} merge {i + 1} ({line!r}) does not match {vocab_path}")
+    # Every id from 0 to 256 + len(lines) - 1 exactly once: no token that no merge makes, no id twice.
+    if sorted(ranks.values()) != list(range(256 + len(lines))):
+        raise TokenizerError(
+            f"{vocab_path} holds {len(ranks)} ordinary tokens, but its ids are not exactly 0 .. "
+            f"{256 + len(lines) - 1} (256 bytes + {len(lines)} merges in {merges_path})"
+        )
     return ranks, special
 
 
@@ -106,6 +129,9 @@ class Tokenizer:
         """The checkpoint's own vocab.json + merges.txt if it has them, else the official one."""
         directory = Path(directory)
         vocab, merges = directory / "vocab.json", directory / "merges.txt"
+        if vocab.is_file() != merges.is_file():  # half a tokenizer: do not silently use another
+            present, absent = (vocab, merges) if vocab.is_file() else (merges, vocab)
+            raise TokenizerError(f"{present} has no companion {absent.name} in {directory}")
         if vocab.is_file() and merges.is_file():
             if _sha256(vocab) == OFFICIAL_SHA256["encoder.json"] and _sha256(merges) == OFFICIAL_SHA256["vocab.bpe"]:
                 return cls.official()
@@ -126,29 +152,52 @@ class Tokenizer:
         except ValueError as err:  # tiktoken's regex gives up on ~1M whitespace characters in a row
             raise InputError(f"the tokenizer cannot split this text ({len(text):,} characters): {err}") from None
 
+    def _check_id(self, token_id, position=0) -> int:
+        """An id as a Python int, refusing non-integers (1.5 would silently become 1) and ids
+        outside the vocabulary (tiktoken would raise KeyError or OverflowError)."""
+        if isinstance(token_id, (bool, np.bool_)) or not isinstance(token_id, (int, np.integer)):
+            raise InputError(f"token at position {position} is not an integer id: {token_id!r}")
+        if not 0 <= token_id < self.n_vocab:
+            raise InputError(f"token id {token_id} at position {position} is outside the vocabulary [0, {self.n_vocab})")
+        return int(token_id)
+
     def decode(self, ids) -> str:
         """Text of a sequence of ids; bytes that do not form valid UTF-8 become U+FFFD."""
-        return self.encoding.decode([int(i) for i in ids], errors="replace")
+        ids = [self._check_id(token_id, position) for position, token_id in enumerate(ids)]
+        try:
+            return self.encoding.decode(ids, errors="replace")
+        except KeyError as err:  # an id in a hole of a custom vocabulary
+            raise InputError(f"token id not in the vocabulary: {err}") from None
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self.encoding.decode_single_token_bytes(int(token_id))
+        token_id = self._check_id(token_id)
+        try:
+            return self.encoding.decode_single_token_bytes(token_id)
+        except KeyError:
+            raise InputError(f"token id {token_id} is not in the vocabulary") from None
 
     def readable(self, token_id: int) -> str:
-        """A token as one visible string: a leading space as '␣', newlines and tabs escaped,
+        """A token as one visible string: spaces as '␣', newlines, tabs and backslashes escaped,
         bytes that are not valid UTF-8 on their own as \\xNN."""
-        text = self.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
+        # surrogateescape turns each invalid byte 0xNN (always >= 0x80) into the code point U+DCNN
+        text = self.token_bytes(token_id).decode("utf-8", errors="surrogateescape")
         out = []
-        for i, ch in enumerate(text):
-            if ch == " " and i == 0:
+        for ch in text:
+            if 0xDC80 <= ord(ch) <= 0xDCFF:
+                out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+            elif ch == " ":
                 out.append("␣")
+            elif ch == "\\":
+                out.append("\\\\")
             elif ch == "\n":
                 out.append("\\n")
             elif ch == "\r":
                 out.append("\\r")
             elif ch == "\t":
                 out.append("\\t")
-            elif not ch.isprintable() and ch != " ":
-                out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+            elif not ch.isprintable():  # \\xNN is kept for lone bytes: characters get \\u / \\U
+                code = ord(ch)
+                out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
             else:
                 out.append(ch)
         return "".join(out)
