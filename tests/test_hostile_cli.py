@@ -118,6 +118,7 @@ def test_text_sources_that_cannot_be_read(capsys, monkeypatch, tmp_path, checkpo
         (["--file", tmp_path / "absent.txt"], None, f"text file not found: {tmp_path / 'absent.txt'}"),
         (["--file", tmp_path], None, f"cannot read {tmp_path}: Is a directory"),
         ([], None, "no text given: pass TEXT, '-' for standard input, or --file PATH"),
+        (["--file", "/dev/zero"], None, "/dev/zero holds more than 64 MiB of text: give a shorter text"),
     ]
     for source, stdin, expected in cases:
         code, _, err = main(capsys, command, *source, "-m", checkpoint, *COMMANDS[command], stdin=stdin, monkeypatch=monkeypatch)
