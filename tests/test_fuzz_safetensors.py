@@ -341,6 +341,13 @@ def test_a_directory_missing_file_and_empty_file_are_refused(folder):
         SafetensorsFile(write(folder, b""))
 
 
+def test_a_header_over_the_cap_is_refused_before_it_is_read(folder):
+    """A real file holding a header one byte over the cap: refused from the length field alone."""
+    blob = struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{" + b" " * (MAX_HEADER_BYTES - 1) + b"}"
+    message = assert_refused(write(folder, blob))
+    assert f"header length {MAX_HEADER_BYTES + 1} exceeds the {MAX_HEADER_BYTES}-byte limit" in message
+
+
 def test_messages_name_the_fault(folder):
     """Spot checks of the exact wording that docs/reliability.md quotes."""
     cases = {
