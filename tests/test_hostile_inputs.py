@@ -312,6 +312,48 @@ def test_a_weights_file_that_is_a_fifo_or_device_is_refused(folder):
 # Nothing lost: atomic_write
 
 
+# method name -> the objects it writes files through (None: any object)
+WRITING_CALLS = {"write_text": None, "write_bytes": None, "savefig": None, "tofile": None,
+                 "copy": {"shutil"}, "copyfile": {"shutil"}, "copy2": {"shutil"}, "copytree": {"shutil"},
+                 "move": {"shutil"}, "rename": {"os"}, "replace": {"os"}, "save": {"np", "numpy"},
+                 "savez": {"np", "numpy"}, "dump": {"json"}}
+
+
+def test_every_file_the_package_writes_goes_through_atomic_write():
+    """No open() for writing, no write_text/savefig/shutil.copy/json.dump(..., file) anywhere in
+    minigpt/ or lens/ but inside files.py and through the file atomic_write yields."""
+    problems = []
+    for source in package_sources():
+        if source.name == "files.py" and source.parent.name == "minigpt":
+            continue
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        where = source.relative_to(ROOT)
+        # names bound by `with atomic_write(...) as f`: writing through them is the point
+        atomic = {item.optional_vars.id for node in ast.walk(tree) if isinstance(node, ast.With)
+                  for item in node.items if isinstance(item.context_expr, ast.Call)
+                  and getattr(item.context_expr.func, "id", getattr(item.context_expr.func, "attr", "")) == "atomic_write"
+                  and isinstance(item.optional_vars, ast.Name)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name == "open":
+                modes = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+                modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
+                if any(set(str(m)) & set("wax+") for m in modes):
+                    problems.append(f"{where}:{node.lineno} opens a file for writing")
+            elif name in WRITING_CALLS and isinstance(func, ast.Attribute):
+                owners = WRITING_CALLS[name]
+                if owners is not None and getattr(func.value, "id", "") not in owners:
+                    continue  # array.copy(), str.replace(), plot.save() (atomic itself) ...
+                if any(isinstance(a, ast.Name) and a.id in atomic for a in node.args):
+                    continue  # fig.savefig(f, ...) / json.dump(obj, f) into atomic_write's file
+                problems.append(f"{where}:{node.lineno} calls {name}() outside atomic_write")
+    assert not problems, problems
+
+
+
 class Boom(Exception):
     pass
 
