@@ -10,7 +10,6 @@ The per-cell statistics are computed in chunks (cells.py) so that no more than a
 vocabulary distributions exist at any time. Every formula is in docs/lens-math.md.
 """
 
-import math
 import operator
 from dataclasses import dataclass, field
 
@@ -156,11 +155,12 @@ class LensResult:
 
 
 def _json_ready(array):
-    values = array.tolist()
+    """Nested lists of Python numbers; NaN (the undefined log-probabilities) becomes None."""
     if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
-        values = [[None if math.isnan(v) else v for v in row] for row in values] if array.ndim == 2 else \
-                 [None if math.isnan(v) else v for v in values]
-    return values
+        missing = np.isnan(array)
+        array = array.astype(object)
+        array[missing] = None
+    return array.tolist()
 
 
 # -- the lens -------------------------------------------------------------------------------
@@ -188,7 +188,6 @@ def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1,
     input_tokens = tokens[positions]
     target_tokens = np.where(positions + 1 < T, tokens[np.minimum(positions + 1, T - 1)], -1)
     stats = cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, final_logits)
-    del final_logits
     return LensResult(
         tokens=tokens, positions=positions, labels=labels, blocks=np.array(blocks, dtype=np.int64),
         kinds=kinds, input_tokens=input_tokens, target_tokens=target_tokens,

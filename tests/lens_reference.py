@@ -95,8 +95,11 @@ def torch_lens(hf_model, tokens, *, norm="ln_f", subblocks=False, stride=1, posi
     rows = lens_rows(L, subblocks, stride)
     final_logits = decoded(*rows[-1])
     final_logp = torch.log_softmax(final_logits, -1)
+    final_p = final_logp.exp()
     final_top1 = final_logits.argmax(-1)
-    input_logp = torch.log_softmax(decoded(*rows[0]), -1)
+    input_logits = decoded(*rows[0])
+    input_logp = torch.log_softmax(input_logits, -1)
+    input_p = input_logp.exp()
     input_tokens = tokens[positions]
     has_target = positions + 1 < T
     target_tokens = torch.where(has_target, tokens[torch.clamp(positions + 1, max=T - 1)], 0)
@@ -114,7 +117,7 @@ def torch_lens(hf_model, tokens, *, norm="ln_f", subblocks=False, stride=1, posi
     ranges = {f"{name}_{end}": [] for name in ("rank_final", "rank_input", "rank_target") for end in ("min", "max")}
     ranges["top1_margin"] = []
     for kind, l in rows:
-        logits = final_logits if (kind, l) == rows[-1] else decoded(kind, l)
+        logits = final_logits if (kind, l) == rows[-1] else input_logits if kind == "input" else decoded(kind, l)
         logp = torch.log_softmax(logits, -1)
         top1_logit, top1 = logits.max(-1)
         out["top1"].append(top1)
@@ -127,8 +130,8 @@ def torch_lens(hf_model, tokens, *, norm="ln_f", subblocks=False, stride=1, posi
         out["rank_target"].append(torch.where(has_target, rank(logits, target_tokens), -1))
         out["logprob_target"].append(torch.where(
             has_target, logp.gather(-1, target_tokens[:, None])[:, 0], torch.nan))
-        out["kl_final"].append((final_logp.exp() * (final_logp - logp)).sum(-1))
-        out["kl_input"].append((input_logp.exp() * (input_logp - logp)).sum(-1))
+        out["kl_final"].append((final_p * (final_logp - logp)).sum(-1))
+        out["kl_input"].append((input_p * (input_logp - logp)).sum(-1))
         out["entropy"].append(-(logp.exp() * logp).sum(-1))
         if tolerance is not None:
             for name, ids in (("rank_final", final_top1), ("rank_input", input_tokens), ("rank_target", target_tokens)):
