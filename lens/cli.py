@@ -195,6 +195,11 @@ def run_lens(args) -> int:
     selection = parse_positions(args.positions)
 
     model = load_model(args)
+    if not args.window:  # a text that cannot fit is refused before tokenizing (50 MB would take 3 s, 600 MB)
+        try:
+            model.check_text_fits(text)
+        except InputError as err:
+            raise InputError(f"{err}: shorten it or pass --window to keep the last {model.config.n_ctx}") from None
     tokens = fit_context(model.tokenizer.encode(text), model.config.n_ctx, args.window)
     positions = resolve_positions(selection, len(tokens))
     result = lens.logit_lens(

@@ -13,10 +13,25 @@ offsets past the end of the file would otherwise end in a bus error.
 
 Nothing but safetensors is ever read: a folder holding only `pytorch_model.bin` (a pickle,
 which can run arbitrary code when loaded) is refused.
+
+What a valid file must satisfy (anything else is a CheckpointError naming the file and, where
+there is one, the tensor; see docs/reliability.md):
+- the header length fits the file and is at most MAX_HEADER_BYTES; the header is UTF-8 JSON,
+  an object, with no duplicate keys and nesting Python's parser can handle;
+- `__metadata__`, if present, maps strings to strings (null counts as absent);
+- every tensor has exactly `dtype` (one of DTYPES), `shape` (at most MAX_NDIM non-negative
+  integers whose product fits in 2**62) and `data_offsets` (two integers, not floats or
+  booleans), and shape x itemsize equals end - begin;
+- the tensors' byte ranges tile the data exactly, as the safetensors spec requires: sorted by
+  offset, each begins where the previous ended, the first at 0 and the last at the end of
+  the file. No overlap (two names for the same bytes), no gap and no trailing bytes (room
+  to hide anything). The `safetensors` package refuses the same files.
 """
 
 import json
+import math
 import mmap
+import stat
 import struct
 from pathlib import Path
 
@@ -25,7 +40,12 @@ import numpy as np
 from .config import Config
 from .errors import CheckpointError
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors package's own limit
+# The header is parsed into Python objects: a 16 MB header of 240,000 empty tensors took 2.6 s
+# and 250 MB here (a shared machine, measured once). The largest official header (gpt2-xl, 628
+# entries) is 64 kB; the safetensors package's own cap, 100 MB, took 25 s and 1.2 GB.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_NDIM = 32  # NumPy 1.x's limit (NumPy 2 allows 64); GPT-2's tensors have at most 4
+MAX_ELEMENTS = 2**62  # a shape whose product exceeds this cannot be a NumPy array, even an empty one
 
 DTYPES = {
     "F64": np.dtype("<f8"),
@@ -46,11 +66,47 @@ DTYPES = {
 
 
 def _reject_duplicates(pairs):
-    names = [name for name, _ in pairs]
-    if len(names) != len(set(names)):
-        duplicate = next(name for name in names if names.count(name) > 1)
-        raise CheckpointError(f"duplicate tensor name {duplicate!r}")
-    return dict(pairs)
+    """object_pairs_hook for json.loads: a JSON object with a key given twice is refused
+    (json would silently keep the last one, so two readers could see different tensors)."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise CheckpointError(f"duplicate key {_short(key)} in the header")
+        obj[key] = value
+    return obj
+
+
+def _is_int(value) -> bool:
+    """A JSON integer: not a float (1.0), not a boolean (true is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+
+
+def _decode_header(header_bytes: bytes, where: str) -> dict:
+    try:
+        text = header_bytes.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{where}: header is not UTF-8 (invalid byte at offset {8 + err.start})") from None
+    try:
+        header = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except CheckpointError as err:
+        raise CheckpointError(f"{where}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{where}: header is not valid JSON ({err.msg} at character {err.pos})") from None
+    except RecursionError:
+        raise CheckpointError(f"{where}: header is not valid JSON (nested too deeply)") from None
+    except ValueError:  # an integer literal of thousands of digits (Python's int_max_str_digits)
+        raise CheckpointError(f"{where}: header is not valid JSON (a number too long to read)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where}: header is not a JSON object (found {type(header).__name__})")
+    return header
 
 
 def parse_header(header_bytes: bytes, data_size: int, where: str) -> dict:
@@ -58,63 +114,76 @@ def parse_header(header_bytes: bytes, data_size: int, where: str) -> dict:
 
     Returns {name: (dtype_code, shape, begin, end)}; raises CheckpointError otherwise.
     """
-    try:
-        text = header_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{where}: header is not UTF-8") from None
-    try:
-        header = json.loads(text, object_pairs_hook=_reject_duplicates)
-    except CheckpointError as err:
-        raise CheckpointError(f"{where}: {err}") from None
-    except (json.JSONDecodeError, RecursionError):
-        raise CheckpointError(f"{where}: header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{where}: header is not a JSON object")
-
-    metadata = header.pop("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    header = _decode_header(header_bytes, where)
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
     ):
         raise CheckpointError(f"{where}: '__metadata__' must map strings to strings")
+
+    for text in [*header, *(metadata or {}), *(metadata or {}).values()]:
+        if not _is_unicode(text):  # "\ud800" is valid JSON but not text; serde_json refuses it
+            raise CheckpointError(f"{where}: header holds a string that is not valid Unicode: {_short(text)}")
 
     entries = {}
     for name, info in header.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise CheckpointError(f"{where}: tensor {name!r} must have exactly dtype, shape, data_offsets")
+            raise CheckpointError(f"{where}: tensor {_short(name)} must have exactly dtype, shape, data_offsets")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in DTYPES:
-            raise CheckpointError(f"{where}: tensor {name!r} has unknown dtype {code!r}")
-        if not isinstance(shape, list) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
-        ):
-            raise CheckpointError(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
+        if not isinstance(code, str) or code not in DTYPES:
+            raise CheckpointError(f"{where}: tensor {_short(name)} has unknown dtype {_short(code)}")
         if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            not isinstance(shape, list)
+            or len(shape) > MAX_NDIM
+            or not all(_is_int(s) and s >= 0 for s in shape)
+            or math.prod(max(s, 1) for s in shape) > MAX_ELEMENTS
         ):
-            raise CheckpointError(f"{where}: tensor {name!r} has invalid data_offsets {offsets!r}")
+            raise CheckpointError(f"{where}: tensor {_short(name)} has an invalid shape {_short(shape)}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+            raise CheckpointError(f"{where}: tensor {_short(name)} has invalid data_offsets {_short(offsets)}")
         begin, end = offsets
+        if begin > end:
+            raise CheckpointError(f"{where}: tensor {_short(name)} has data_offsets [{begin}, {end}] that end before they begin")
         if not 0 <= begin <= end <= data_size:
             raise CheckpointError(
-                f"{where}: tensor {name!r} has data_offsets [{begin}, {end}] outside the "
+                f"{where}: tensor {_short(name)} has data_offsets [{begin}, {end}] outside the "
                 f"{data_size} bytes of data (truncated or corrupt file?)"
             )
-        n_bytes = DTYPES[code].itemsize
-        for s in shape:
-            n_bytes *= s
+        n_bytes = DTYPES[code].itemsize * math.prod(shape)
         if n_bytes != end - begin:
             raise CheckpointError(
-                f"{where}: tensor {name!r} of shape {shape} and dtype {code} needs {n_bytes} bytes, "
+                f"{where}: tensor {_short(name)} of shape {shape} and dtype {code} needs {n_bytes} bytes, "
                 f"its offsets span {end - begin}"
             )
         entries[name] = (code, tuple(shape), begin, end)
-
-    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items() if end > begin)
-    for (_, prev_end, prev_name), (begin, _, name) in zip(spans, spans[1:]):
-        if begin < prev_end:
-            raise CheckpointError(f"{where}: tensors {prev_name!r} and {name!r} overlap")
+    _check_tiling(entries, data_size, where)
     return entries
+
+
+def _check_tiling(entries: dict, data_size: int, where: str):
+    """The byte ranges, sorted, must follow one another from 0 to data_size with no overlap
+    and no gap (empty tensors sit anywhere a range begins or ends)."""
+    position, previous = 0, None
+    for begin, end, name in sorted((begin, end, name) for name, (_, _, begin, end) in entries.items()):
+        if begin < position:
+            raise CheckpointError(f"{where}: tensors {_short(previous)} and {_short(name)} overlap")
+        if begin > position:
+            raise CheckpointError(
+                f"{where}: {begin - position} bytes before tensor {_short(name)} belong to no tensor "
+                "(safetensors data must be contiguous)"
+            )
+        position, previous = end, name
+    if position != data_size:
+        raise CheckpointError(
+            f"{where}: the last {data_size - position} bytes of the file belong to no tensor "
+            "(safetensors data must be contiguous)"
+        )
+
+
+def _short(value, limit=60) -> str:
+    """repr cut to one short line: hostile headers can hold megabytes in one field."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class SafetensorsFile:
@@ -125,6 +194,11 @@ class SafetensorsFile:
         self.path = Path(path)
         where = str(self.path)
         try:
+            # A FIFO or a device (say, a symlink to /dev/zero) would block or never end.
+            if self.path.is_dir():
+                raise IsADirectoryError
+            if self.path.exists() and not stat.S_ISREG(self.path.stat().st_mode):
+                raise CheckpointError(f"{where} is not a regular file")
             with open(self.path, "rb") as f:
                 file_size = f.seek(0, 2)
                 if file_size < 8:
@@ -150,6 +224,8 @@ class SafetensorsFile:
             raise CheckpointError(f"{where} is a directory, not a safetensors file") from None
         except PermissionError:
             raise CheckpointError(f"{where}: permission denied") from None
+        except OSError as err:
+            raise CheckpointError(f"{where}: cannot read ({err.strerror or err})") from None
         # The whole file as bytes, so tests (and the curious) can check that tensors are views.
         self.buffer = np.frombuffer(self._map, dtype=np.uint8)
 
@@ -194,10 +270,16 @@ PREFIX = "transformer."
 
 
 def expected_shapes(config: Config) -> dict:
+    return dict(_expected(config))
+
+
+def _expected(config: Config):
+    """(name, shape) of every GPT-2 weight, one at a time: a config.json claiming a billion
+    blocks can be checked without building twelve billion names."""
     d, m, V = config.n_embd, config.mlp_width, config.vocab_size
-    shapes = {"wte.weight": (V, d), "wpe.weight": (config.n_ctx, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    yield from {"wte.weight": (V, d), "wpe.weight": (config.n_ctx, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}.items()
     for i in range(config.n_layer):
-        shapes.update({
+        yield from {
             f"h.{i}.ln_1.weight": (d,),
             f"h.{i}.ln_1.bias": (d,),
             f"h.{i}.attn.c_attn.weight": (d, 3 * d),
@@ -210,8 +292,20 @@ def expected_shapes(config: Config) -> dict:
             f"h.{i}.mlp.c_fc.bias": (m,),
             f"h.{i}.mlp.c_proj.weight": (m, d),
             f"h.{i}.mlp.c_proj.bias": (d,),
-        })
-    return shapes
+        }.items()
+
+
+BLOCK_WEIGHTS = {name.split(".", 2)[2] for name, _ in _expected(Config(1, 1, 1, 1, 1))
+                 if name.startswith("h.")}  # "ln_1.weight", "attn.c_attn.bias", ...
+
+
+def _is_expected(name: str, config: Config) -> bool:
+    """Whether `name` (without prefix) is one of the weights `config` needs."""
+    if name in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
+        return True
+    parts = name.split(".", 2)
+    return (len(parts) == 3 and parts[0] == "h" and parts[1].isdigit() and str(int(parts[1])) == parts[1]
+            and int(parts[1]) < config.n_layer and parts[2] in BLOCK_WEIGHTS)
 
 
 def _is_mask_buffer(name: str) -> bool:
@@ -227,14 +321,17 @@ def weight_files(directory: Path) -> list:
     if single.is_file():
         return [single]
     if index.is_file():
+        if index.stat().st_size > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{index} is larger than {MAX_HEADER_BYTES} bytes: not a safetensors index")
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+            # ValueError covers json.JSONDecodeError and integer literals too long to convert
             raise CheckpointError(f"{index} is not a valid safetensors index (no 'weight_map')") from None
         for shard in shards:
-            if not isinstance(shard, str) or Path(shard).name != shard:
-                raise CheckpointError(f"{index} names an invalid shard file {shard!r}")
+            if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+                raise CheckpointError(f"{index} names an invalid shard file {_short(shard)}")
         return [directory / shard for shard in shards]
     pickles = [p.name for p in directory.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
     if pickles:
@@ -254,17 +351,26 @@ def load_params(directory: Path, config: Config, dtype=np.float32) -> dict:
     float32 tensors are views into the memory-mapped file; other dtypes are converted.
     """
     dtype = np.dtype(dtype)
+    files = [SafetensorsFile(path) for path in weight_files(Path(directory))]
+    # Name the first missing tensor without listing every expected name: a config.json claiming
+    # a billion blocks must end in this error, not in building twelve billion strings.
+    stored = {name.removeprefix(PREFIX) for file in files for name in file.names()}
+    n_missing = 12 * config.n_layer + 4 - sum(_is_expected(name, config) for name in stored)
+    if n_missing > 0:
+        first = next(name for name, _ in _expected(config) if name not in stored)
+        more = f" (and {n_missing - 1} more)" if n_missing > 1 else ""
+        raise CheckpointError(f"checkpoint in {directory} lacks the tensor {first!r}{more}")
     expected = expected_shapes(config)
     flat = {}
     lm_head = None
-    for path in weight_files(Path(directory)):
-        file = SafetensorsFile(path)
+    for file in files:
+        path = file.path
         for stored_name in file.names():
             name = stored_name[len(PREFIX):] if stored_name.startswith(PREFIX) else stored_name
             if _is_mask_buffer(name):
                 continue
             if name not in expected and name != "lm_head.weight":
-                raise CheckpointError(f"{path}: unexpected tensor {stored_name!r} (not a GPT-2 weight)")
+                raise CheckpointError(f"{path}: unexpected tensor {_short(stored_name)} (not a GPT-2 weight)")
             if name in flat or (name == "lm_head.weight" and lm_head is not None):
                 raise CheckpointError(f"{path}: tensor {name!r} appears more than once")
             want = expected.get(name, expected["wte.weight"])

@@ -38,28 +38,40 @@ def add_text_arguments(parser):
     parser.add_argument("--file", "-f", metavar="PATH", help="read the text from a file (UTF-8)")
 
 
+MAX_TEXT_BYTES = 64 * 1024 * 1024  # GPT-2 reads at most 1024 tokens (128 kB); /dev/zero never ends
+
+
+def _utf8(data: bytes, source) -> str:
+    if len(data) > MAX_TEXT_BYTES:
+        raise MiniGPTError(f"{source} holds more than {MAX_TEXT_BYTES // 2**20} MiB of text: give a shorter text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MiniGPTError(f"{source} is not UTF-8 text") from None
+
+
 def read_text(args) -> str:
     """The text named by add_text_arguments' options, or a MiniGPTError saying what is missing."""
     if args.file is not None and args.text is not None:
         raise MiniGPTError("give the text either as an argument or with --file, not both")
     if args.file is not None:
         try:
-            with open(args.file, encoding="utf-8") as f:
-                return f.read()
+            with open(args.file, "rb") as f:
+                data = f.read(MAX_TEXT_BYTES + 1)
         except FileNotFoundError:
             raise MiniGPTError(f"text file not found: {args.file}") from None
-        except UnicodeDecodeError:
-            raise MiniGPTError(f"{args.file} is not UTF-8 text") from None
         except OSError as err:
             raise MiniGPTError(f"cannot read {args.file}: {err.strerror}") from None
+        return _utf8(data, args.file)
     if args.text == "-":
-        data = sys.stdin.buffer.read()
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MiniGPTError("standard input is not UTF-8 text") from None
+        return _utf8(sys.stdin.buffer.read(MAX_TEXT_BYTES + 1), "standard input")
     if args.text is None:
         raise MiniGPTError("no text given: pass TEXT, '-' for standard input, or --file PATH")
+    # Bytes of argv that are not UTF-8 arrive as lone surrogates U+DC80..U+DCFF (surrogateescape).
+    escaped = next((i for i, ch in enumerate(args.text) if 0xDC80 <= ord(ch) <= 0xDCFF), None)
+    if escaped is not None:
+        byte = ord(args.text[escaped]) - 0xDC00
+        raise MiniGPTError(f"TEXT is not valid UTF-8 (byte {byte:#04x} at character {escaped})")
     return args.text
 
 
@@ -72,6 +84,29 @@ def load_model(args, **kwargs):
 # -- the parser ------------------------------------------------------------------------------
 
 BUILTIN_COMMANDS = []  # functions add_<name>(subparsers), in the order --help lists them
+
+
+def add_info(subparsers):
+    parser = subparsers.add_parser(
+        "info", help="a model's architecture and parameter counts, from its config alone",
+        description="Show a model's architecture (blocks, width, heads, ...) and where its parameters "
+        "are, computed from the config: official names need no weights and no network.",
+    )
+    parser.add_argument("model", metavar="NAME_OR_DIR", help="an official name (gpt2, gpt2-medium, "
+                        "gpt2-large, gpt2-xl), a checkpoint folder holding config.json, or a hub id "
+                        "owner/name (only its config.json is read: cached, or downloaded alone)")
+
+    def run(args):
+        from .info import report, resolve
+
+        name, config, tied = resolve(args.model)
+        sys.stdout.write(report(name, config, tied))
+        return 0
+
+    parser.set_defaults(run=run)
+
+
+BUILTIN_COMMANDS.append(add_info)
 
 
 def add_download(subparsers):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+MAX_CONFIG_BYTES = 1024 * 1024  # an official config.json is under 1 kB
+
 
 @dataclass(frozen=True)
 class Config:
@@ -101,8 +103,14 @@ def read_config(path: Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not a GPT-2 config")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    except (ValueError, RecursionError):  # an integer of thousands of digits; absurd nesting
+        raise ConfigError(f"{path} is not valid JSON (a number too long or nesting too deep)") from None
     return config_from_dict(raw, where=str(path))

@@ -13,6 +13,11 @@ class CheckpointError(MiniGPTError):
     """A weights file is missing, corrupt, of the wrong shape, or in a refused format."""
 
 
+class NonFiniteError(CheckpointError):
+    """A forward pass produced NaN or inf: the message names where it first appeared and the
+    weights there that hold non-finite values (or says the values overflowed)."""
+
+
 class InputError(MiniGPTError, ValueError):
     """A text, a token sequence or an argument that the model cannot take."""
 

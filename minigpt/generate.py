@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .model import block, embed, layer_norm, unembed
 
 STOP_MAX_NEW_TOKENS = "max_new_tokens"  # made as many tokens as asked
@@ -228,12 +228,12 @@ class TokenStream:
         return next(self._steps)
 
     def _run(self):
-        config, params = self.model.config, self.model.params
+        config = self.model.config
         n_ctx = config.n_ctx
         # The last token made is never fed back, so the cache holds at most n_ctx - 1 positions.
         capacity = min(n_ctx, len(self.prompt) + self.max_new_tokens - 1)
         cache = KVCache(config, self.model.dtype, capacity)
-        logits = forward_step(self.prompt, params, config, cache)
+        logits = self._next_logits(self.prompt, cache)
         while True:
             token = sample_token(logits, self.rng, **self.sampling)
             self.tokens.append(token)
@@ -252,7 +252,17 @@ class TokenStream:
                     ContextFullWarning, stacklevel=3,
                 )
                 return
-            logits = forward_step(np.array([token]), params, config, cache)
+            logits = self._next_logits(np.array([token]), cache)
+
+    @np.errstate(over="ignore", invalid="ignore")  # NaN and overflow are checked instead
+    def _next_logits(self, tokens, cache):
+        """forward_step, refusing logits that hold NaN or inf (argmax would read NaN as token 0,
+        sampling would fail): GPT2.run on the text so far then names where they came from."""
+        logits = forward_step(tokens, self.model.params, self.model.config, cache)
+        if not np.isfinite(logits).all():
+            self.model.run(np.concatenate([self.prompt, self.tokens]).astype(np.int64))  # raises NonFiniteError
+            raise NonFiniteError(f"{self.model.name}: the next-token logits hold NaN or inf")
+        return logits
 
 
 class Generation(list):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .checkpoint import load_params
 from .config import Config, read_config
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .rowwise import rowwise
 from .tokenizer import Tokenizer
 
@@ -155,6 +155,88 @@ def unembed(x, params, out=None):
     return np.matmul(x, W_E.T, out=out)
 
 
+# -- where non-finite numbers came from ------------------------------------------------------
+# A checkpoint holding NaN or inf (or weights large enough to overflow float32) makes every
+# later number NaN: the residual stream only adds, so NaN at one position reaches the logits.
+# Rather than scan gigabytes of weights at load time, the forward pass checks its logits, and
+# only when they are not all finite walks the stages in the order the data flowed.
+
+
+def _first_nonfinite_row(x) -> int | None:
+    """Index along the first axis of the first row holding NaN or inf, or None."""
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _stages(params, n_layer):
+    """(what the stage computes, tensor names of the stage) in the order the data flows; each
+    stage's output is one residual row (see Trace), the last stage's output is the logits."""
+    yield "the embedding (wte + wpe)", ["wte.weight", "wpe.weight"]
+    for l in range(n_layer):
+        yield f"block {l}'s attention", [f"h.{l}.ln_1.weight", f"h.{l}.ln_1.bias", f"h.{l}.attn.c_attn.weight",
+                                         f"h.{l}.attn.c_attn.bias", f"h.{l}.attn.c_proj.weight", f"h.{l}.attn.c_proj.bias"]
+        yield f"block {l}'s MLP", [f"h.{l}.ln_2.weight", f"h.{l}.ln_2.bias", f"h.{l}.mlp.c_fc.weight",
+                                   f"h.{l}.mlp.c_fc.bias", f"h.{l}.mlp.c_proj.weight", f"h.{l}.mlp.c_proj.bias"]
+    unembedding = "lm_head.weight" if "lm_head" in params else "wte.weight"
+    yield "the final LayerNorm and unembedding", ["ln_f.weight", "ln_f.bias", unembedding]
+
+
+def _tensor(params, name):
+    node = params
+    for key in name.split("."):
+        node = node[int(key)] if key.isdigit() else node[key]
+    return node
+
+
+def all_finite(logits) -> bool:
+    """Whether no logit is NaN or inf. A finite sum means every logit is finite (NaN or inf
+    would reach the sum); the sum is three times cheaper than isfinite over (T, V), and only a
+    sum that overflows costs both."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(logits.sum()) or np.isfinite(logits).all())
+
+
+def locate_nonfinite(params, tokens, residual, resid_mid, logits, tokenizer=None) -> str | None:
+    """None if the logits are all finite; else one line saying at which stage and position NaN
+    or inf first appeared, and which tensors of that stage hold NaN or inf (with the row, for
+    embedding matrices), or that none does and the values overflowed."""
+    if all_finite(logits):
+        return None
+    n_layer = len(resid_mid)
+    outputs = [residual[0]]
+    for l in range(n_layer):
+        outputs += [resid_mid[l], residual[l + 1]]
+    outputs.append(logits)
+    for (stage, names), out in zip(_stages(params, n_layer), outputs):
+        position = _first_nonfinite_row(out)
+        if position is None:
+            continue
+        shown = f" {tokenizer.readable(tokens[position])!r}" if tokenizer is not None else ""
+        where = f"NaN or inf first appears in {stage}, at position {position} (token {int(tokens[position])}{shown})"
+        culprits = []
+        for name in names:
+            tensor = _tensor(params, name)
+            if name == "wte.weight" and stage.startswith("the embedding"):
+                tensor = tensor[tokens]  # only the rows this text used
+                row = _first_nonfinite_row(tensor)
+                if row is not None:
+                    culprits.append(f"wte.weight row {int(tokens[row])}")
+            elif name == "wpe.weight":
+                row = _first_nonfinite_row(tensor[: len(tokens)])
+                if row is not None:
+                    culprits.append(f"wpe.weight row {row}")
+            elif tensor.ndim == 2 and stage.startswith("the final"):  # the unembedding: which token
+                row = _first_nonfinite_row(tensor)
+                if row is not None:
+                    culprits.append(f"{name} row {row}")
+            elif not np.isfinite(tensor).all():
+                culprits.append(name)
+        if culprits:
+            return f"{where}: the checkpoint's {', '.join(culprits)} holds NaN or inf"
+        return f"{where}; no weight there is NaN or inf, so the values overflowed (weights too large for {logits.dtype}?)"
+    return "the logits hold NaN or inf"  # unreachable: the last stage's output is the logits
+
+
 @dataclass
 class Trace:
     """Everything one forward pass computed, for a sequence of T tokens."""
@@ -197,6 +279,7 @@ class GPT2:
         if isinstance(tokens_or_text, str):
             if not tokens_or_text:
                 raise InputError("text is empty: give at least one character")
+            self.check_text_fits(tokens_or_text)
             tokens = np.asarray(self.tokenizer.encode(tokens_or_text), dtype=np.int64)
         else:
             try:
@@ -221,6 +304,18 @@ class GPT2:
             )
         return tokens.astype(np.int64)  # cast only now: a uint64 id 2**64-1 would have become -1
 
+    def check_text_fits(self, text: str):
+        """A text of B UTF-8 bytes is at least B / (longest token in bytes) tokens: refuse a text
+        that cannot fit before spending time tokenizing it (1 MB would take ~0.5 s; and tiktoken
+        fails on runs of about a million whitespace characters)."""
+        n_bytes = len(text.encode("utf-8", errors="surrogatepass"))
+        at_least = -(-n_bytes // self.tokenizer.max_token_bytes)
+        if at_least > self.config.n_ctx:
+            raise InputError(
+                f"text of {n_bytes:,} bytes is at least {at_least:,} tokens, more than the model's "
+                f"context of {self.config.n_ctx} positions"
+            )
+
     # -- the forward pass -------------------------------------------------------------------
 
     def final_norm(self, x):
@@ -230,10 +325,14 @@ class GPT2:
     def unembed(self, x, out=None):
         return unembed(x, self.params, out=out)
 
-    def run(self, tokens_or_text, keep_attention: bool = False, keep_resid_mid: bool = True) -> Trace:
+    @np.errstate(over="ignore", invalid="ignore")  # NaN and overflow are checked at the end instead
+    def run(self, tokens_or_text, keep_attention: bool = False, check_finite: bool = True,
+            keep_resid_mid: bool = True) -> Trace:
         """One forward pass, keeping the residual stream after the embeddings, after every
         attention sub-block (unless keep_resid_mid=False: trace.resid_mid is then None, which
-        saves n_layer x T x d floats, 315 MB for gpt2-xl at T = 1024) and after every block."""
+        saves n_layer x T x d floats, 315 MB for gpt2-xl at T = 1024) and after every block.
+        If the logits hold NaN or inf, a NonFiniteError names where they came from
+        (check_finite=False returns them as they are)."""
         tokens = self.to_tokens(tokens_or_text)
         c, p = self.config, self.params
         T = len(tokens)
@@ -250,6 +349,13 @@ class GPT2:
                 attention[l] = pattern
             del mid, pattern  # the pattern is (H, T, T), 105 MB for gpt2-xl at T = 1024: free it now
         logits = self.unembed(self.final_norm(residual[-1]))
+        if check_finite:
+            if resid_mid is None and not all_finite(logits):
+                # naming the stage NaN or inf came from needs every stage's output: run again keeping them
+                return self.run(tokens, keep_attention=keep_attention, keep_resid_mid=True)
+            problem = locate_nonfinite(p, tokens, residual, resid_mid, logits, self.tokenizer)
+            if problem is not None:
+                raise NonFiniteError(f"{self.name}: {problem}")
         return Trace(tokens=tokens, residual=residual, resid_mid=resid_mid, logits=logits, attention=attention)
 
     def logits(self, tokens_or_text) -> np.ndarray:

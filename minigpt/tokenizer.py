@@ -61,7 +61,7 @@ def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
     char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
     try:
         vocab = json.loads(_read_text(vocab_path))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # ValueError: bad JSON, or a number of thousands of digits
         raise TokenizerError(f"{vocab_path} is not a valid vocabulary JSON file") from None
     # splitlines also drops a "\r" (CRLF files); the other breaks it knows never occur in
     # GPT-2's byte alphabet, where control and blank characters are written as chr(256 + k).
@@ -116,6 +116,8 @@ class Tokenizer:
         )
         self.eot_token = special.get(EOT)
         self.n_vocab = self.encoding.n_vocab
+        # The longest token, in bytes (128 for GPT-2): bounds how few tokens a text can be.
+        self.max_token_bytes = max(len(token) for token in [*ranks, *(t.encode("utf-8") for t in special)])
 
     @classmethod
     def official(cls) -> "Tokenizer":
@@ -145,7 +147,10 @@ class Tokenizer:
             text.encode("utf-8")
         except UnicodeEncodeError as err:
             raise InputError(f"text holds an invalid character at index {err.start} (a lone surrogate)") from None
-        return self.encoding.encode(text, allowed_special="all")
+        try:
+            return self.encoding.encode(text, allowed_special="all")
+        except ValueError as err:  # tiktoken's regex gives up on ~1M whitespace characters in a row
+            raise InputError(f"the tokenizer cannot split this text ({len(text):,} characters): {err}") from None
 
     def _check_id(self, token_id, position=0) -> int:
         """An id as a Python int, refusing non-integers (1.5 would silently become 1) and ids

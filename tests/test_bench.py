@@ -129,3 +129,17 @@ def test_decode_sides_agree(random_checkpoint):
     assert ours == theirs and len(ours) == 12
     assert len(our_stamps) == len(their_stamps) == 12
     assert bench.tokens_per_second(our_stamps) > 0 and bench.tokens_per_second(their_stamps) > 0
+
+
+def test_light_run_still_names_where_nan_appears(tiny_checkpoint, tmp_path):
+    """logits() and the lens run without resid_mid; a NaN must still be traced to its stage."""
+    from minigpt.errors import NonFiniteError
+    from tests.test_nonfinite import TEXT, edited_checkpoint, set_value
+
+    path, _ = tiny_checkpoint
+    folder = edited_checkpoint(path, tmp_path / "broken", set_value("h.0.attn.c_attn.bias", (7,), np.inf))
+    model = minigpt.load(folder)
+    with pytest.raises(NonFiniteError, match="first appears in block 0's attention"):
+        model.logits(TEXT)
+    with pytest.raises(NonFiniteError, match="first appears in block 0's attention"):
+        model.run(TEXT, keep_resid_mid=False)

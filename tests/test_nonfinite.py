@@ -1,0 +1,106 @@
+"""A checkpoint holding NaN or inf ends in an error naming the first stage, position and tensor
+where it appears, never in logits (or a figure) full of NaN."""
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import minigpt
+from minigpt.errors import NonFiniteError
+
+
+def edited_checkpoint(source, destination, edit):
+    """A copy of the checkpoint folder `source` whose tensors went through edit(dict) first."""
+    shutil.copytree(source, destination)
+    tensors = load_file(str(source / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(destination / "model.safetensors"))
+    return destination
+
+
+def set_value(name, index, value):
+    def edit(tensors):
+        tensors[name][index] = value
+    return edit
+
+
+TEXT = "The Eiffel Tower is in Paris"  # 8 tokens: The ␣E iff el ␣Tower ␣is ␣in ␣Paris
+
+
+@pytest.mark.parametrize("name, index, value, expected", [
+    ("h.1.mlp.c_fc.weight", (3, 5), np.nan,
+     "first appears in block 1's MLP, at position 0 (token 464 'The'): the checkpoint's h.1.mlp.c_fc.weight holds"),
+    ("h.0.attn.c_attn.bias", (7,), np.inf,
+     "first appears in block 0's attention, at position 0 (token 464 'The'): the checkpoint's h.0.attn.c_attn.bias holds"),
+    ("wpe.weight", (4, 0), -np.inf,
+     "first appears in the embedding (wte + wpe), at position 4 (token 8765 '␣Tower'): the checkpoint's wpe.weight row 4 holds"),
+    ("wte.weight", (318, 2), np.nan,  # the token '␣is', at position 5
+     "first appears in the embedding (wte + wpe), at position 5 (token 318 '␣is'): the checkpoint's wte.weight row 318 holds"),
+    ("wte.weight", (50000, 0), np.nan,  # a token the text does not use: only the unembedding sees it
+     "first appears in the final LayerNorm and unembedding, at position 0 (token 464 'The'): the checkpoint's wte.weight row 50000 holds"),
+    ("ln_f.bias", (1,), np.inf,
+     "first appears in the final LayerNorm and unembedding, at position 0 (token 464 'The'): the checkpoint's ln_f.bias holds"),
+])
+def test_nan_or_inf_in_a_checkpoint_is_named(tiny_checkpoint, tmp_path, name, index, value, expected):
+    path, _ = tiny_checkpoint
+    folder = edited_checkpoint(path, tmp_path / "broken", set_value(name, index, value))
+    model = minigpt.load(folder)
+    assert list(model.to_tokens(TEXT)) == [464, 412, 733, 417, 8765, 318, 287, 6342]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error replaces NumPy's RuntimeWarnings, not joins them
+        with pytest.raises(NonFiniteError) as caught:
+            model.run(TEXT)
+    message = str(caught.value)
+    assert expected in message and "\n" not in message
+    assert isinstance(caught.value, minigpt.CheckpointError)  # the CLI's one-line error path
+    # check_finite=False gives the numbers as they are, for whoever wants to look
+    assert not np.isfinite(model.run(TEXT, check_finite=False).logits).all()
+
+
+def test_overflow_without_nan_in_the_weights_is_called_overflow(tiny_checkpoint, tmp_path):
+    """Finite but huge weights: block 1's MLP output stays below float32's 3.4e38 (LayerNorm
+    rescales each block's input), and the final LayerNorm's variance (x squared) overflows."""
+    path, _ = tiny_checkpoint
+
+    def blow_up(tensors):
+        tensors["h.1.mlp.c_proj.weight"] = tensors["h.1.mlp.c_proj.weight"] * np.float32(1e38)
+
+    model = minigpt.load(edited_checkpoint(path, tmp_path / "huge", blow_up))
+    with pytest.raises(NonFiniteError) as caught:
+        model.run(TEXT)
+    assert "first appears in the final LayerNorm and unembedding, at position 0" in str(caught.value)
+    assert "no weight there is NaN or inf, so the values overflowed (weights too large for float32?)" in str(caught.value)
+
+
+def test_a_sound_checkpoint_is_not_flagged(tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    trace = minigpt.load(path).run(TEXT)
+    assert np.isfinite(trace.logits).all()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generation_refuses_to_sample_from_nan(tiny_checkpoint, tmp_path, temperature):
+    """Greedy decoding would read NaN logits as token 0 ('!'), sampling would fail inside NumPy:
+    both end in the error that names the tensor instead."""
+    path, _ = tiny_checkpoint
+    model = minigpt.load(edited_checkpoint(path, tmp_path / "nan", set_value("h.0.mlp.c_proj.bias", (2,), np.nan)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(NonFiniteError, match=r"first appears in block 0's MLP, at position 0 \(token 464 'The'\): "
+                                                 r"the checkpoint's h.0.mlp.c_proj.bias holds NaN or inf"):
+            model.generate(TEXT, 3, temperature=temperature, seed=0)
+
+
+def test_generation_names_a_nan_met_only_by_a_generated_token(tiny_checkpoint, tmp_path):
+    """NaN in the position embedding of position 8: the 8-token prompt is fine, the first
+    generated token (at position 8) is not, and the error comes from the text so far."""
+    path, _ = tiny_checkpoint
+    first = int(minigpt.load(path).generate(TEXT, 1, temperature=0)[0])
+    model = minigpt.load(edited_checkpoint(path, tmp_path / "nan", set_value("wpe.weight", (8, 0), np.nan)))
+    assert len(model.generate(TEXT, 1, temperature=0)) == 1  # one token needs no step at position 8
+    with pytest.raises(NonFiniteError, match=rf"first appears in the embedding \(wte \+ wpe\), at position 8 \(token {first} "
+                                             r".*: the checkpoint's wpe.weight row 8 holds NaN or inf"):
+        model.generate(TEXT, 3, temperature=0)
