@@ -214,7 +214,7 @@ def test_a_model_downloaded_by_transformers_is_not_downloaded_again(hub, expecte
     # server with hf_hub_download, one file each (transformers 5, checked by hand); done here with
     # hf_hub_download itself, which spares the test the import of torch and transformers.
     home = tmp_path / "hf"
-    fetch = f"from huggingface_hub import hf_hub_download\nfor name in ('config.json', 'model.safetensors'): hf_hub_download({REPO!r}, name)"
+    fetch = f"from huggingface_hub import hf_hub_download\nfor name in ('config.json', 'model.safetensors'): hf_hub_download({REPO!r}, name)"  # HF_ENDPOINT: the loopback hub
     result = subprocess.run(
         [sys.executable, "-c", fetch], env={**os.environ, **hub_env(hub, home)}, capture_output=True, text=True, timeout=120,
     )
