@@ -36,7 +36,7 @@ def add_lens_command(subparsers):
         "lens",
         help="the logit lens: each block's guess for the next token",
         description=(
-            "Decode every block's residual stream through ln_f and the unembedding, as in "
+            "Decode every block's residual stream through the final LayerNorm (or --norm) and the unembedding, as in "
             "nostalgebraist's 'interpreting GPT: the logit lens'. Prints a table of top-1 guesses, "
             "or draws the post's figures with --out."
         ),

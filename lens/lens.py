@@ -2,7 +2,7 @@
 
     rows  (R): the input (token + position embedding), optionally the residual after each
                attention sub-block (resid_mid), and the output of each kept block; the last
-               row is always the model's output.
+               row is always the last block's output (decoded with ln_f, the model's own logits).
     cells (R, P): one per row and decoded position.
     decode(row) = norm(resid) @ W_U, with norm = ln_f (default), normalize or none.
 
@@ -101,7 +101,7 @@ class LensResult:
     kinds: list  # R str in {"input", "attn", "block"}
     input_tokens: np.ndarray  # (P,) int64 = tokens[positions]
     target_tokens: np.ndarray  # (P,) int64 = tokens[positions + 1], -1 at the text's last token
-    final_top1: np.ndarray  # (P,) int64: the model's own top-1 guess
+    final_top1: np.ndarray  # (P,) int64: the last row's top-1 (with norm ln_f, the model's own guess)
     top1: np.ndarray  # (R, P) int64
     top1_logit: np.ndarray  # (R, P) float32
     top1_prob: np.ndarray  # (R, P) float32

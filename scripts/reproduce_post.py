@@ -53,8 +53,8 @@ class Segment:
             return max(0, T - 8), T
         if self.name == "plasma-first":  # "a segment including the first instance of plasma"
             return 0, min(T, token_at(tokens, tokenizer, " plasma") + 9)
-        if self.name == "repetition":
-            return 0, T
+        if self.name == "repetition":  # the positions its figures show (the model reads all of it)
+            return max(0, T - 30), T
         raise ValueError(self.name)
 
 
@@ -315,7 +315,7 @@ def measure_repetition(result, context, view) -> str:
         while r > 0 and hit[r - 1]:
             r -= 1
         if r < len(hit):  # top-1 is the true next token from row r to the end
-            onsets.append(max(int(result.blocks[r]), 0) + 1)  # blocks run so far
+            onsets.append(int(result.blocks[r]) + 1)  # blocks run so far (0: right from the input row)
     lines = [f"the text repeats every {period} tokens; at the {len(columns)} positions whose next token repeats "
              f"the one {period} back, the final guess is that token at {correct}"]
     if onsets:
