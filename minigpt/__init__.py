@@ -13,6 +13,7 @@ import numpy as np
 
 from .config import OFFICIAL, Config
 from .errors import CheckpointError, ConfigError, HubError, InputError, MiniGPTError, ModelNotCachedError
+from .checkpoint import check_dtype
 from .model import GPT2, Trace
 from .tokenizer import Tokenizer
 
@@ -36,12 +37,7 @@ def load(source, *, dtype=np.float32, revision=None, local_files_only=False) -> 
     """
     from .hub import resolve
 
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:  # e.g. "bfloat16", which NumPy does not know
-        raise InputError(f"dtype must be float32 or float64, found {dtype!r}") from None
-    if dtype not in (np.float32, np.float64):
-        raise InputError(f"dtype must be float32 or float64, found {dtype}")
+    dtype = check_dtype(dtype)  # before any download
     directory = resolve(source, revision=revision, local_files_only=local_files_only)
     model = GPT2.from_directory(directory, dtype=dtype)
     if directory != Path(source).expanduser():  # from the cache: a snapshot folder named by commit

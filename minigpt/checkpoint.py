@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 
 # The header is parsed into Python objects: a 16 MB header of 240,000 empty tensors took 2.6 s
 # and 250 MB here (a shared machine, measured once). The largest official header (gpt2-xl, 628
@@ -244,7 +244,7 @@ class SafetensorsFile:
         if offset % dtype.itemsize == 0:
             array = np.frombuffer(self._map, dtype=dtype, count=count, offset=offset)
         else:  # misaligned: NumPy could view it, but BLAS would copy it on every use
-            array = np.frombuffer(self._map[offset : offset + end - begin], dtype=dtype).copy()
+            array = np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).copy()
             array.flags.writeable = False
         return array.reshape(shape)
 
@@ -342,6 +342,17 @@ def weight_files(directory: Path) -> list:
     raise CheckpointError(f"no model.safetensors (or model.safetensors.index.json) in {directory}")
 
 
+def check_dtype(dtype) -> np.dtype:
+    """The model's dtype: float32 (the default) or float64 (for auditing numerical error)."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # e.g. "bfloat16", which NumPy does not know
+        raise InputError(f"dtype must be float32 or float64, found {dtype!r}") from None
+    if dtype not in (np.float32, np.float64):
+        raise InputError(f"dtype must be float32 or float64, found {dtype}")
+    return dtype
+
+
 def load_params(directory: Path, config: Config, dtype=np.float32) -> dict:
     """Read a checkpoint folder into a nested dict that mirrors the tensor names:
 
@@ -350,7 +361,7 @@ def load_params(directory: Path, config: Config, dtype=np.float32) -> dict:
 
     float32 tensors are views into the memory-mapped file; other dtypes are converted.
     """
-    dtype = np.dtype(dtype)
+    dtype = check_dtype(dtype)
     files = [SafetensorsFile(path) for path in weight_files(Path(directory))]
     # Name the first missing tensor without listing every expected name: a config.json claiming
     # a billion blocks must end in this error, not in building twelve billion strings.

@@ -28,7 +28,7 @@ EXIT_INTERRUPTED = 130
 def add_model_argument(parser, required=True):
     parser.add_argument(
         "--model", "-m", required=required, metavar="NAME_OR_DIR",
-        help="a checkpoint folder (config.json + model.safetensors) or an official name such as gpt2-xl",
+        help="a checkpoint folder (config.json + model.safetensors), an official name such as gpt2-xl, or a hub id owner/name",
     )
 
 

@@ -13,7 +13,7 @@ from .errors import MiniGPTError
 def check_output_path(path) -> Path:
     """The path, if its folder exists and is writable; else a MiniGPTError naming it."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent  # Path("x").parent is Path(".")
     if not folder.is_dir():
         raise MiniGPTError(f"cannot write {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):

@@ -99,6 +99,8 @@ def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
             f"{vocab_path} holds {len(ranks)} ordinary tokens, but its ids are not exactly 0 .. "
             f"{256 + len(lines) - 1} (256 bytes + {len(lines)} merges in {merges_path})"
         )
+    if EOT in special and special[EOT] < len(ranks):
+        raise TokenizerError(f"{vocab_path}: {EOT} reuses the id {special[EOT]} of an ordinary token")
     return ranks, special
 
 

@@ -511,3 +511,11 @@ def test_float64_checkpoint(small, tmp_path):
     model32 = minigpt.load(path)
     assert model32.dtype == np.float32 and model32.params["wte"]["weight"].flags.owndata
     assert np.abs(model32.run(tokens).logits - logits).max() <= 1e-5 * np.abs(logits).max()
+
+
+def test_every_loader_refuses_a_dtype_other_than_float32_or_float64(tiny_checkpoint):
+    from minigpt.model import GPT2
+
+    path, _ = tiny_checkpoint
+    with pytest.raises(minigpt.InputError, match="float32 or float64"):
+        GPT2.from_directory(path, dtype=np.int8)

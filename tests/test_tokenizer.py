@@ -341,3 +341,17 @@ def test_merges_with_crlf_line_endings(tmp_path, ours):
     crlf = Tokenizer.from_directory(tmp_path)
     assert crlf is not ours
     assert crlf.encoding._mergeable_ranks == ours.encoding._mergeable_ranks
+
+
+def test_endoftext_may_not_reuse_an_ordinary_id(tmp_path):
+    import json
+    import shutil
+
+    from minigpt.tokenizer import DATA, Tokenizer, TokenizerError
+
+    vocab = json.loads((DATA / "encoder.json").read_text(encoding="utf-8"))
+    vocab["<|endoftext|>"] = 5  # the id of "&"
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    shutil.copy(DATA / "vocab.bpe", tmp_path / "merges.txt")
+    with pytest.raises(TokenizerError, match="reuses the id 5"):
+        Tokenizer(tmp_path / "vocab.json", tmp_path / "merges.txt")
