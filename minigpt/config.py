@@ -27,13 +27,6 @@ class Config:
     def mlp_width(self) -> int:
         return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
-    def n_params(self) -> int:
-        """Parameter count with the unembedding tied to wte: V·d + n_ctx·d + L·(12d² + 13d) + 2d
-        (for the default MLP width 4d; in general the MLP holds 2·d·m + m + d)."""
-        d, m = self.n_embd, self.mlp_width
-        per_block = (2 * d) + (3 * d * d + 3 * d) + (d * d + d) + (2 * d) + (d * m + m) + (m * d + d)
-        return self.vocab_size * d + self.n_ctx * d + self.n_layer * per_block + 2 * d
-
 
 # The four models OpenAI released, by the names the HuggingFace hub gives them.
 OFFICIAL = {

@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 import minigpt  # noqa: E402
 from minigpt.config import OFFICIAL  # noqa: E402
 from minigpt.files import atomic_write  # noqa: E402
+from minigpt.info import total_params  # noqa: E402
 
 PHASES = ("forward", "lens", "decode", "load", "memory")
 ISOLATED_SIZES = ("gpt2-large", "gpt2-xl")  # two copies would need > 6 GB
@@ -199,12 +200,12 @@ def lens_flops(c, T):
 
 
 def weight_bytes(c, itemsize=4):
-    return itemsize * c.n_params()
+    return itemsize * total_params(c)
 
 
 def decode_bytes_per_token(c, itemsize=4):
     """Weights one decoding step reads: all but the position table (one row of it)."""
-    return itemsize * (c.n_params() - c.n_ctx * c.n_embd + c.n_embd)
+    return itemsize * (total_params(c) - c.n_ctx * c.n_embd + c.n_embd)
 
 
 def matmul_rate(n=2048, repeats=5):
@@ -533,7 +534,7 @@ def markdown(args, machine, results, started, load_before, load_after):
         f"## {args.size} shapes, T = {args.tokens} ({started:%Y-%m-%d %H:%M} UTC)",
         "",
         f"`python scripts/bench.py {' '.join(args.argv)}` on a random checkpoint in the official layout "
-        f"({c.n_layer} blocks, n_embd {c.n_embd}, {c.n_params() / 1e6:.0f}M parameters, "
+        f"({c.n_layer} blocks, n_embd {c.n_embd}, {total_params(c) / 1e6:.0f}M parameters, "
         f"{weight_bytes(c) / 1e9:.2f} GB float32). Medians of {args.repeats} alternating runs (A B A B).",
         "",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; caches: "

@@ -11,6 +11,7 @@ from safetensors.numpy import load_file
 
 import minigpt
 from minigpt.config import OFFICIAL, Config
+from minigpt.info import total_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench  # noqa: E402
@@ -58,10 +59,10 @@ def test_make_checkpoint_official_sizes_header():
     for size, config in OFFICIAL.items():
         plan = make_checkpoint.tensor_plan(config)
         n_params = sum(np.prod(shape) for name, shape, _ in plan if not name.endswith(".attn.bias"))
-        assert n_params == config.n_params()
+        assert n_params == total_params(config)
         header = make_checkpoint.header_bytes(plan)
         assert len(header) % 8 == 0
-    assert OFFICIAL["gpt2"].n_params() == 124_439_808
+    assert total_params(OFFICIAL["gpt2"]) == 124_439_808
     assert make_checkpoint.config_json(OFFICIAL["gpt2-xl"])["n_embd"] == 1600
 
 
@@ -80,7 +81,7 @@ def test_flop_counts():
     per_block = 2 * T * (3 * d * d + d * d + 2 * 4 * d * d) + 2 * 2 * T * T * d
     assert bench.forward_flops(c, T) == 12 * per_block + 2 * T * d * V
     assert bench.lens_product_flops(OFFICIAL["gpt2-xl"], 1024) == 49 * 1024 * 2 * 1600 * V
-    assert bench.decode_bytes_per_token(c) == 4 * (c.n_params() - 1024 * d + d)
+    assert bench.decode_bytes_per_token(c) == 4 * (total_params(c) - 1024 * d + d)
 
 
 def test_run_without_resid_mid(random_checkpoint):
