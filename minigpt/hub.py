@@ -61,7 +61,10 @@ COPY_PROGRESS_FROM = 64 * 1024 * 1024  # copies of larger files show a progress 
 
 def hub_repo_id(name: str):
     """The hub repository a model name stands for, or None:
-    gpt2 | gpt2-medium | gpt2-large | gpt2-xl -> openai-community/<name>; "owner/name" as is."""
+    gpt2 | gpt2-medium | gpt2-large | gpt2-xl -> openai-community/<name>; "owner/name" as is;
+    None for a text written as a path (see looks_like_path)."""
+    if looks_like_path(name):
+        return None
     if name in OFFICIAL:
         return f"{OFFICIAL_OWNER}/{name}"
     if REPO_ID.fullmatch(name) and "--" not in name and ".." not in name and len(name) <= 96:
@@ -84,7 +87,7 @@ def resolve(source, *, revision=None, local_files_only=False) -> Path:
     if not text:
         raise InputError("no model given: pass a checkpoint folder, an official name such as gpt2-xl, or a hub id owner/name")
     path = Path(text).expanduser()
-    repo_id = None if isinstance(source, os.PathLike) or looks_like_path(text) else hub_repo_id(text)
+    repo_id = None if isinstance(source, os.PathLike) else hub_repo_id(text)
     if path.exists() or repo_id is None:
         if not path.exists():
             hint = "" if "/" in text or os.sep in text else (
@@ -259,7 +262,7 @@ def download(name, *, revision=None, to=None) -> Path:
     """`minigpt download NAME [--to DIR] [--revision REV]`: fetch into the cache (asking the hub
     for the current files of the revision) and return where the checkpoint is. With `to`, copy
     it from the cache into that folder as plain files."""
-    repo_id = None if looks_like_path(name) else hub_repo_id(name)
+    repo_id = hub_repo_id(name)
     if repo_id is None:
         if Path(name).expanduser().is_dir():
             raise InputError(f"{name} is a local folder: there is nothing to download")

@@ -152,9 +152,9 @@ def resolve(name_or_dir) -> tuple:
         return official, OFFICIAL[official], True
     if path.exists():
         raise ConfigError(f"{source} is not a folder (expected a checkpoint folder holding config.json)")
-    from .hub import hub_repo_id, looks_like_path
+    from .hub import hub_repo_id
 
-    repo_id = None if looks_like_path(source) else hub_repo_id(source)
+    repo_id = hub_repo_id(source)
     if repo_id is None:
         names = ", ".join(OFFICIAL)
         raise ConfigError(f"{source!r} is neither an official model name ({names}), nor a folder, nor a hub id owner/name")
