@@ -25,6 +25,7 @@ from minigpt.files import atomic_write, check_output_path
 
 from .decode import NORMS
 from .examples import EXAMPLES
+from .lens import select_positions
 from .plot import FORMATS, MAX_COLUMNS, VIEWS, describe_positions
 
 TABLE_WIDTH = 100  # characters the terminal table aims to fit in
@@ -121,24 +122,14 @@ def parse_positions(spec: str | None):
 
 
 def resolve_positions(selection, n_tokens: int) -> np.ndarray:
-    """Positions (increasing, no repeats) in [0, n_tokens) that a parsed --positions selects;
-    negative numbers count from the end, as in Python. None -> the last MAX_COLUMNS."""
+    """Positions (increasing, no repeats) in [0, n_tokens) that a parsed --positions selects,
+    checked by the lens's own select_positions; None -> the last MAX_COLUMNS."""
     if selection is None:
-        return np.arange(max(0, n_tokens - MAX_COLUMNS), n_tokens)
-    if isinstance(selection, slice):
-        if selection.step == 0:
-            raise InputError("--positions: the step of a range cannot be 0")
-        positions = np.arange(n_tokens)[selection]
-    else:
-        positions = []
-        for p in selection:
-            if not -n_tokens <= p < n_tokens:
-                raise InputError(f"--positions: position {p} is outside the text's {n_tokens} tokens (0 to {n_tokens - 1})")
-            positions.append(p % n_tokens)
-        positions = np.unique(np.asarray(positions, dtype=np.int64))
-    if positions.size == 0:
-        raise InputError(f"--positions selects none of the text's {n_tokens} token positions")
-    return np.unique(positions).astype(np.int64)
+        selection = slice(-MAX_COLUMNS, None)
+    try:
+        return np.unique(select_positions(selection, n_tokens))
+    except InputError as err:  # its messages start with "positions": name the option
+        raise InputError(f"--{err}") from None
 
 
 def fit_context(tokens: list, n_ctx: int, window: bool) -> list:

@@ -232,7 +232,7 @@ def test_bad_text_and_options(checkpoint, tmp_path):
     one_line_error(lens_cli(checkpoint, TEXT, "--norm", "bananas"), "unknown --norm 'bananas'", "ln_f")
     one_line_error(lens_cli(checkpoint, TEXT, "--stride", "0"), "--stride must be at least 1")
     one_line_error(lens_cli(checkpoint, TEXT, "--positions", "x"), "--positions 'x'")
-    one_line_error(lens_cli(checkpoint, TEXT, "--positions", "99"), "outside the text's 14 tokens")
+    one_line_error(lens_cli(checkpoint, TEXT, "--positions", "99"), "99 is out of range for a text of 14 tokens")
 
 
 def test_text_longer_than_the_context(checkpoint):
