@@ -32,6 +32,23 @@ def _executor():
     return _pool
 
 
+def in_row_blocks(task, n_rows, rows_per_block=4):
+    """Call task(slice(start, stop)) for consecutive blocks of rows 0 .. n_rows-1, the blocks
+    shared out among every core (interleaved: equal work per thread). The task writes its
+    results itself; blocks never overlap."""
+    blocks = [slice(start, min(start + rows_per_block, n_rows)) for start in range(0, n_rows, rows_per_block)]
+
+    def run(share):
+        for block in share:
+            task(block)
+
+    shares = [blocks[i::N_THREADS] for i in range(N_THREADS)]
+    futures = [_executor().submit(run, share) for share in shares[1:] if share]
+    run(shares[0])  # this thread takes a share too
+    for future in futures:
+        future.result()
+
+
 def rowwise(step):
     """Decorator for step(x, *args) -> an array of x's shape whose rows depend only on x's rows.
     The decorated step also takes `out=` (C-contiguous, x's shape) to write its result into,
