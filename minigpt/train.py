@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -446,7 +447,7 @@ def bits_per_byte(nats_per_token, n_tokens, n_bytes):
     return nats_per_token * n_tokens / n_bytes / math.log(2)
 
 
-def train(s: Settings, resume=False, save_seconds=300.0, progress=True, say=print):
+def train(s: Settings, resume=False, save_seconds=300.0, progress=True):
     """Run (or, with resume, continue) the training of settings `s`. Returns the final step."""
     from .model import GPT2
     from .tokenizer import Tokenizer
@@ -508,15 +509,18 @@ def train(s: Settings, resume=False, save_seconds=300.0, progress=True, say=prin
     snapshots = set(s.snapshots)
     saved_step, last_save = step, time.monotonic()
 
-    def save(final=False):
+    def save():
         nonlocal saved_step, last_save
         save_model(out, params, config, tokenizer)
         save_state(out, params, m, v, step, {"elapsed": elapsed, "tokens": step * tokens_per_step})
         saved_step, last_save = step, time.monotonic()
 
+    if not resume:
+        save()  # DIR holds a loadable model from the start
     with StopRequest() as stop, open(out / LOG_FILE, "a", encoding="utf-8") as log, \
+            np.errstate(over="ignore", invalid="ignore"), \
             tqdm(total=s.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        while step < s.steps and not stop.asked:
+        while step < s.steps and not stop.asked:  # overflow shows as a non-finite loss, checked below
             started = time.perf_counter()
             lr = learning_rate(step, s.lr, s.warmup, s.steps, s.min_lr)
             loss, grads = loss_and_grads(model, batch_at(train_tokens, step, s.batch_size, s.n_ctx, s.seed))
@@ -524,6 +528,8 @@ def train(s: Settings, resume=False, save_seconds=300.0, progress=True, say=prin
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise MiniGPTError(f"the loss became {loss} at step {step + 1}; stopped without saving: the last "
                                    f"good checkpoint (step {saved_step}) is in {out}")
+            if step > saved_step and time.monotonic() - last_save >= save_seconds:
+                save()  # the weights of `step`, whose loss was just seen to be finite
             adamw_update(params, grads, m, v, step + 1, lr, s.beta1, s.beta2, 1e-8, s.weight_decay)
             del grads
             step += 1
@@ -543,10 +549,11 @@ def train(s: Settings, resume=False, save_seconds=300.0, progress=True, say=prin
             bar.update()
             if step in snapshots:
                 save_model(out / "snapshots" / f"step-{step:06d}", params, config, tokenizer)
-            if step == s.steps or stop.asked or time.monotonic() - last_save >= save_seconds:
-                save()
+        if step > saved_step:  # finished, or asked to stop: the latest weights
+            save()
     if step < s.steps:
-        say(f"stopped at step {step} of {s.steps}, saved in {out}: continue with  minigpt train --resume --out {out}")
+        print(f"minigpt: stopped at step {step} of {s.steps}, saved in {out}: continue with  "
+              f"minigpt train --resume --out {out}", file=sys.stderr)
     return step
 
 
