@@ -286,7 +286,8 @@ def clean_text(text: str) -> str:
 
 
 def paragraphs(text: str) -> list:
-    return [p for p in text.split("\n\n") if p.strip()]
+    """The blocks of text between blank lines, without the line breaks around them."""
+    return [p.strip("\n") for p in text.split("\n\n") if p.strip()]
 
 
 def dedupe(documents: list) -> tuple:
@@ -304,7 +305,7 @@ def dedupe(documents: list) -> tuple:
         out = []
         for paragraph in paragraphs(doc.text):
             if len(paragraph) >= DEDUPE_MIN_PARAGRAPH:
-                key = hashlib.sha256(paragraph.encode("utf-8")).digest()
+                key = hashlib.sha256(paragraph.strip().encode("utf-8")).digest()
                 if key in seen_paragraphs:
                     dropped["paragraphs"] += 1
                     continue
@@ -600,34 +601,32 @@ def drop_contents_lists(text: str) -> str:
 
 
 def extract_jargon(files: dict) -> list:
+    """Documents at the chapter, appendix, bibliography and lexicon-letter headings (the
+    lexicon's "  A" lines); the glossary, a list of all entries, is left out."""
     text = gzip.decompress(files["usr/share/doc/jargon-text/jargon.txt.gz"]).decode("utf-8")
     # Headings are written "Chapter\u00a01."; tables in box-drawing characters are dropped.
     text = text.replace("\u00a0", " ")
     text = "\n".join(line for line in text.split("\n") if not BOX_DRAWING.search(line))
-    docs, name, lines = [], "front", []
+    sections, name, heading, lines = [], "front", "", []
     for line in text.split("\n"):
-        match = JARGON_DOC_HEADING.match(line)
-        if match:
-            docs.append((name, lines))
-            heading = line.strip()
-            if len(heading) == 1:
-                name = f"lexicon-{'0' if heading.isdigit() else heading.lower()}"
-            else:
-                name = slug(heading.split(".")[0])
-            lines = [] if len(heading) == 1 or heading == "Glossary" else [heading, ""]
+        if JARGON_DOC_HEADING.match(line):
+            sections.append((name, heading, lines))
+            heading, lines = line.strip(), []
+            name = f"lexicon-{heading.lower()}" if len(heading) == 1 else slug(heading.split(".")[0])
+        else:
+            lines.append(line)
+    sections.append((name, heading, lines))
+    docs = []
+    for name, heading, lines in sections:
+        if name == "glossary":
             continue
-        lines.append(line)
-    docs.append((name, lines))
-    out = []
-    for name, lines in docs:
         if name.startswith("lexicon-"):  # a list of the entries, then the entries ":word: ..."
             first = next((i for i, line in enumerate(lines) if JARGON_ENTRY.match(line)), len(lines))
-            lines = lines[first:]
+            lines, heading = lines[first:], ""
         # The text is indented by 3 spaces; deeper indentation (code, verse) keeps the rest.
-        body = "\n".join(re.sub(r"^ {1,3}", "", line) for line in lines)
-        out.append(Document(f"jargon-{name}", drop_contents_lists(body)))
-    # The glossary is a list of the lexicon's entries: nothing but a table of contents.
-    return [doc for doc in out if doc.id != "jargon-glossary" and clean_text(doc.text)]
+        body = drop_contents_lists("\n".join(re.sub(r"^ {1,3}", "", line) for line in lines))
+        docs.append(Document(f"jargon-{name}", f"{heading}\n\n{body}" if heading else body))
+    return [doc for doc in docs if clean_text(doc.text)]
 
 
 # ----------------------------------------------------------------------------- WordNet
@@ -893,10 +892,17 @@ def compressor_bits_per_byte(data) -> dict:
 # ----------------------------------------------------------------------------- output
 
 
-def count_tokens(text: str) -> int:
-    from minigpt.tokenizer import Tokenizer
+def source_of(doc_id: str) -> str:
+    """A document's source: the part of its id before the first "-" ("austen-emma-01")."""
+    return doc_id.split("-", 1)[0]
 
-    return len(Tokenizer.official().encode(text))
+
+def split_bytes(corpus, split: str) -> bytes:
+    """The text of one split of a built corpus as the manifest defines it: its documents'
+    files concatenated in the manifest's order (what the compressor baseline measured)."""
+    corpus = Path(corpus)
+    manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+    return b"".join((corpus / split / name).read_bytes() for name in manifest["splits"][split]["files"])
 
 
 def sample_text(documents: list, max_bytes=SAMPLE_MAX_BYTES, per_source=SAMPLE_PER_SOURCE) -> str:
@@ -904,7 +910,7 @@ def sample_text(documents: list, max_bytes=SAMPLE_MAX_BYTES, per_source=SAMPLE_P
     `per_source` bytes a source, in the manifest's order, at most `max_bytes` in all."""
     by_source = {}
     for doc in documents:
-        by_source.setdefault(doc.id.split("-")[0], []).append(doc)
+        by_source.setdefault(source_of(doc.id), []).append(doc)
     pieces = []
     for docs in by_source.values():
         taken, used = [], 0
@@ -946,6 +952,8 @@ def licenses_markdown(sources: list) -> str:
 def build(out: Path, cache: Path, sources=SOURCES, progress=True) -> dict:
     """Download, extract, clean, dedupe, split and write the corpus into `out`; returns the
     manifest."""
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"{out} is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise CorpusError(f"{out} exists and is not a corpus folder (no manifest.json): refusing to overwrite it")
 
@@ -958,18 +966,23 @@ def build(out: Path, cache: Path, sources=SOURCES, progress=True) -> dict:
         packages[source.name] = (path, sha256_file(path), version)
         try:
             docs = source_documents(source, package_files(source, path))
-        except (KeyError, ValueError, zlib.error, tarfile.TarError, struct.error) as err:
+        except (KeyError, IndexError, ValueError, OSError, EOFError, zlib.error, lzma.LZMAError,
+                tarfile.TarError, struct.error) as err:
             raise CorpusError(f"cannot extract {source.package} ({path.name}): {type(err).__name__}: {err}") from None
         per_source[source.name] = len(docs)
         all_docs.extend(docs)
 
     kept, dropped = dedupe(all_docs)
-    by_source = {source.name: [d for d in kept if d.id.startswith(source.name + "-")] for source in sources}
+    by_source = {source.name: [d for d in kept if source_of(d.id) == source.name] for source in sources}
     assignment = {}
     for docs in by_source.values():
         assignment.update(split_documents(docs))
 
-    staging = Path(tempfile.mkdtemp(prefix=".corpus-", dir=out.parent if out.parent.exists() else None))
+    # Written beside `out` under a temporary name, then renamed: an interrupted build leaves the
+    # previous corpus whole.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the corpus from other users
     try:
         manifest = write_corpus(staging, sources, by_source, assignment, packages, per_source, dropped, progress)
         if out.exists():
