@@ -905,29 +905,40 @@ def split_bytes(corpus, split: str) -> bytes:
     return b"".join((corpus / split / name).read_bytes() for name in manifest["splits"][split]["files"])
 
 
-def sample_text(documents: list, max_bytes=SAMPLE_MAX_BYTES, per_source=SAMPLE_PER_SOURCE) -> str:
-    """Whole paragraphs from the start of each source's first test documents, up to
-    `per_source` bytes a source, in the manifest's order, at most `max_bytes` in all."""
+def leading_excerpt(text: str, max_bytes: int) -> str:
+    """The start of `text` in at most `max_bytes` UTF-8 bytes, ending at a blank line, or at a
+    line break when no blank line keeps half of it (one long paragraph of WordNet lines)."""
+    if len(text.encode("utf-8")) <= max_bytes:
+        return text
+    head = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+    cut = head.rfind("\n\n")
+    if cut < len(head) // 2:
+        cut = head.rfind("\n")
+    return head[:cut + 1] if cut > 0 else ""
+
+
+def sample_text(documents: list, max_bytes=SAMPLE_MAX_BYTES, per_source=SAMPLE_PER_SOURCE) -> tuple:
+    """(text, provenance): the start of each source's test documents, in the manifest's order,
+    up to `per_source` bytes a source and `max_bytes` in all, separated by blank lines;
+    provenance says which documents, how many bytes of each and whether whole."""
     by_source = {}
     for doc in documents:
         by_source.setdefault(source_of(doc.id), []).append(doc)
-    pieces = []
+    pieces, provenance, total = [], [], 0
     for docs in by_source.values():
-        taken, used = [], 0
+        used = 0
         for doc in docs:
-            for paragraph in paragraphs(doc.text):
-                size = len(paragraph.encode("utf-8")) + 2
-                if used + size > per_source:
-                    break
-                taken.append(paragraph)
-                used += size
-            if used + 1000 > per_source:
+            # +1: the blank line that separates this piece from the one before
+            excerpt = leading_excerpt(doc.text, min(per_source - used, max_bytes - total) - 1)
+            if not excerpt:
                 break
-        pieces.append("\n\n".join(taken))
-    text = "\n\n".join(p for p in pieces if p) + "\n"
-    while len(text.encode("utf-8")) > max_bytes:
-        text = text[: text.rfind("\n\n", 0, len(text) - 2)] + "\n"
-    return text
+            size = len(excerpt.encode("utf-8")) + 1
+            pieces.append(excerpt)
+            used, total = used + size, total + size
+            provenance.append({"document": doc.id, "bytes": size - 1, "whole": excerpt == doc.text})
+            if excerpt != doc.text:  # this source's share is full
+                break
+    return "\n".join(pieces), provenance
 
 
 def write_atomic(path: Path, data: bytes):
@@ -1046,7 +1057,7 @@ def write_corpus(folder, sources, by_source, assignment, packages, extracted, dr
                          "files": [f"{doc.id}.txt" for doc in documents_by_split[split]]}
     test_text = b"".join(split_bytes["test"])
     baseline = compressor_bits_per_byte(test_text)
-    sample = sample_text(documents_by_split["test"])
+    sample, sample_provenance = sample_text(documents_by_split["test"])
     manifest = {
         "description": "minigpt's English corpus: one UTF-8 document per file in train/, val/, test/; "
                        "a split's text is its files concatenated in the order of splits.<name>.files",
@@ -1061,7 +1072,8 @@ def write_corpus(folder, sources, by_source, assignment, packages, extracted, dr
         "test_compressors_bits_per_byte": baseline,
         "sample": {"file": "english-sample.txt", "bytes": len(sample.encode("utf-8")),
                    "sha256": hashlib.sha256(sample.encode("utf-8")).hexdigest(),
-                   "drawn_from": "test split: leading paragraphs of each source's first test documents"},
+                   "drawn_from": "the test split: the start of each source's first test documents",
+                   "documents": sample_provenance},
     }
     write_atomic(folder / "english-sample.txt", sample.encode("utf-8"))
     write_atomic(folder / "LICENSES.md", licenses_markdown(sources).encode("utf-8"))

@@ -486,7 +486,26 @@ def test_build_twice_gives_identical_files_split_by_document(fake_source, tmp_pa
     test_paragraphs = {p for n in names["test"] for p in bc.paragraphs((tmp_path / "one" / "test" / n).read_text())}
     assert 0 < len(sample.encode()) <= bc.SAMPLE_MAX_BYTES
     assert set(bc.paragraphs(sample)) <= test_paragraphs
+    assert [f"{d['document']}.txt" for d in manifest["sample"]["documents"]] == names["test"][:len(manifest["sample"]["documents"])]
     assert "Public domain." in one["LICENSES.md"].decode() and "WordNet 3.0 Copyright 2006" in one["LICENSES.md"].decode()
+
+
+def test_sample_takes_the_start_of_each_source_within_its_share():
+    docs = [bc.Document(f"a-{i}", "\n\n".join(f"a{i} paragraph {j}" for j in range(5)) + "\n") for i in range(3)]
+    docs += [bc.Document("b-0", "b0 one\nb0 two\nb0 three\n")]  # one paragraph of lines
+    text, provenance = bc.sample_text(docs, per_source=100)
+    assert text == (
+        "a0 paragraph 0\n\na0 paragraph 1\n\na0 paragraph 2\n\na0 paragraph 3\n\na0 paragraph 4\n"
+        "\na1 paragraph 0\n"  # 80 + 16 bytes so far: a1's second paragraph would pass 100
+        "\nb0 one\nb0 two\nb0 three\n"
+    )
+    assert provenance == [
+        {"document": "a-0", "bytes": 79, "whole": True},
+        {"document": "a-1", "bytes": 15, "whole": False},
+        {"document": "b-0", "bytes": 23, "whole": True},
+    ]
+    text, _ = bc.sample_text(docs, per_source=100, max_bytes=110)  # b-0 is cut after a line
+    assert text.endswith("a1 paragraph 0\n\nb0 one\n") and len(text.encode()) <= 110
 
 
 def test_build_refuses_to_replace_a_folder_that_is_not_a_corpus(fake_source, tmp_path):
@@ -511,3 +530,11 @@ def test_main_reports_a_failed_download_in_one_line(monkeypatch, tmp_path, capsy
 def test_a_missing_command_is_named():
     with pytest.raises(bc.CorpusError, match="no-such-command-here is not installed"):
         bc.run(["no-such-command-here", "download", "x"])
+
+
+def test_the_committed_sample_is_small_utf8_text_described_by_its_readme():
+    sample = (ROOT / "tests" / "data" / "english-sample.txt").read_bytes()
+    readme = (ROOT / "tests" / "data" / "README.md").read_text(encoding="utf-8")
+    assert len(sample) <= bc.SAMPLE_MAX_BYTES
+    assert bc.clean_text(sample.decode("utf-8")) == sample.decode("utf-8")
+    assert hashlib.sha256(sample).hexdigest() in readme and f"{len(sample):,} bytes" in readme
