@@ -9,7 +9,7 @@ to its own output), "normalize" (the same without gain and bias) or "none".
 import numpy as np
 
 from minigpt.errors import InputError
-from minigpt.model import normalize
+from minigpt.gpt2 import normalize
 
 NORMS = ("ln_f", "normalize", "none")
 

@@ -6,7 +6,7 @@
 
 The prompt goes through the model once. Each block's keys and values for every position so
 far are kept in a cache allocated once, so each new token costs one position's work: its own
-q, k, v, attention over the cached positions, its MLP. The math is model.py's: the same
+q, k, v, attention over the cached positions, its MLP. The math is gpt2.py's: the same
 `block`, told where the cache is.
 
 Sampling, from the logits z of the last position (pure functions, a seeded NumPy Generator):
@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 from .errors import InputError, NonFiniteError
-from .model import block, embed, layer_norm, unembed
+from .gpt2 import block, embed, layer_norm, unembed
 
 STOP_MAX_NEW_TOKENS = "max_new_tokens"  # made as many tokens as asked
 STOP_EOS = "eos"  # the model wrote <|endoftext|> (the last token returned)

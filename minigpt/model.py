@@ -1,241 +1,20 @@
-"""GPT-2's forward pass as plain NumPy functions, read top to bottom in the order the data flows.
-
-    tokens (T,)
-      -> embed: wte[tokens] + wpe[0..T)                               residual[0]  (T, d)
-      -> for each of the n_layer blocks (pre-LayerNorm):
-           resid_mid  = resid + attention(layer_norm(resid; ln_1))    resid_mid[l]
-           resid_post = resid_mid + mlp(layer_norm(resid_mid; ln_2))  residual[l+1]
-      -> layer_norm(residual[-1]; ln_f) @ wte.T                       logits (T, V)
-
-Weights arrive as the nested dict `params` that mirrors the checkpoint's tensor names
-(see checkpoint.py): params["h"][l]["attn"]["c_attn"]["weight"] is the file's
-"h.{l}.attn.c_attn.weight". Linear ("Conv1D") weights are stored [in, out]: y = x @ W + b.
-Every function keeps the dtype of its input (float32 unless the model was loaded as float64).
+"""The GPT2 class: a loaded model (config, weights, tokenizer) that checks its input, runs the
+forward pass of gpt2.py keeping every residual, and (diagnose.py) says where NaN or inf came
+from; generate/stream are generate.py's text generation.
 """
 
-import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import gpt2
 from .checkpoint import load_params
 from .config import Config, read_config
+from .diagnose import locate_nonfinite
 from .errors import InputError, NonFiniteError
-from .rowwise import rowwise
+from .generate import TokenStream, generate
 from .tokenizer import Tokenizer
-
-GELU_SCALE = math.sqrt(2.0 / math.pi)  # a Python float: a NumPy float64 scalar would promote float32 arrays
-
-
-def embed(tokens, wte, wpe):
-    """Token embedding plus learned position embedding. (T,) -> (T, d)"""
-    return wte[tokens] + wpe[: len(tokens)]
-
-
-def normalize(x, eps):
-    """(x - mean) / sqrt(var + eps) over the last axis, with the biased variance, as torch does."""
-    centered = x - x.mean(axis=-1, keepdims=True)
-    var = np.mean(np.square(centered), axis=-1, keepdims=True)
-    centered *= 1.0 / np.sqrt(var + eps)  # (..., 1): one division per row, then a multiply in place
-    return centered
-
-
-@rowwise  # large inputs: in cache-sized blocks of rows, on every core (rowwise.py)
-def layer_norm(x, weight, bias, eps):
-    """LayerNorm with its learned gain (`weight`) and bias. (..., d) -> (..., d)"""
-    y = normalize(x, eps)
-    y *= weight
-    y += bias
-    return y
-
-
-def linear(x, weight, bias):
-    """GPT-2's "Conv1D": weight is stored [in, out], so no transpose. (T, in) -> (T, out)"""
-    y = x @ weight
-    y += bias  # in place: no second (T, out) array
-    return y
-
-
-@rowwise
-def gelu_new(x):
-    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    inner = x * x
-    inner *= x
-    inner *= 0.044715
-    inner += x
-    inner *= GELU_SCALE
-    np.tanh(inner, out=inner)
-    inner += 1.0
-    inner *= x
-    inner *= 0.5
-    return inner
-
-
-@rowwise
-def softmax(x):
-    """Softmax over the last axis, shifted by the maximum so exp never overflows:
-    exp(x - max) / sum(exp(x - max)). `softmax(x, out=x)` writes it in place."""
-    e = x - x.max(axis=-1, keepdims=True)
-    np.exp(e, out=e)
-    e /= e.sum(axis=-1, keepdims=True)
-    return e
-
-
-def split_heads(x, n_head):
-    """(T, d) -> (n_head, T, d / n_head): each head reads its own slice of the width."""
-    T, d = x.shape
-    return x.reshape(T, n_head, d // n_head).transpose(1, 0, 2)
-
-
-def merge_heads(x):
-    """(n_head, T, head_size) -> (T, d): the heads' outputs side by side."""
-    n_head, T, head_size = x.shape
-    return x.transpose(1, 0, 2).reshape(T, n_head * head_size)
-
-
-@functools.lru_cache(maxsize=8)
-def causal_mask(Tq, Tk, offset, dtype):
-    """(Tq, Tk): 0 where query offset+i may see key j (j <= offset+i), -inf where j is later.
-    Added to the scores, so that the softmax gives later keys exactly 0. Cached, read-only."""
-    mask = np.triu(np.full((Tq, Tk), -np.inf, dtype=dtype), k=offset + 1)
-    mask.flags.writeable = False
-    return mask
-
-
-def causal_attention(q, k, v, offset=0):
-    """softmax(q k^T / sqrt(head_size), masked so a query sees no later key) @ v.
-
-    q: (H, Tq, hs) for positions offset .. offset+Tq-1; k, v: (H, Tk, hs) for positions 0 .. Tk-1.
-    Returns the output (H, Tq, hs) and the attention pattern (H, Tq, Tk).
-    """
-    Tq, Tk, head_size = q.shape[1], k.shape[1], q.shape[2]
-    scores = (q * head_size**-0.5) @ k.transpose(0, 2, 1)  # (H, Tq, Tk); k^T is a view BLAS reads as is
-    if Tk > offset + 1:  # some key lies after the first query; a single new token sees every key
-        scores += causal_mask(Tq, Tk, offset, scores.dtype)
-    pattern = softmax(scores, out=scores)  # in place: for gpt2-xl at T = 1024 the scores take 105 MB
-    return pattern @ v, pattern
-
-
-def self_attention(x, attn, n_head, kv_cache=None):
-    """Multi-head causal self-attention. x: (T, d) -> (T, d), and the pattern (H, T, T).
-
-    With a `kv_cache` (text generation, see generate.py), x holds the T positions that follow
-    the ones already cached: their keys and values join the cache, and their queries attend
-    over every position so far; the pattern is then (H, T, cached + T).
-    """
-    qkv = linear(x, **attn["c_attn"])  # (T, 3d): q, k, v side by side
-    q, k, v = (split_heads(part, n_head) for part in np.split(qkv, 3, axis=-1))
-    offset = 0
-    if kv_cache is not None:
-        offset = kv_cache.length  # positions already cached
-        k, v = kv_cache.append(k, v)  # (H, offset + T, hs): the cached keys and values, then these
-    out, pattern = causal_attention(q, k, v, offset)
-    return linear(merge_heads(out), **attn["c_proj"]), pattern
-
-
-def mlp(x, p):
-    """Position-wise feed-forward: c_proj(gelu_new(c_fc(x))). (T, d) -> (T, d) via (T, 4d)."""
-    h = linear(x, **p["c_fc"])  # (T, 4d)
-    return linear(gelu_new(h, out=h), **p["c_proj"])  # GELU in place: no second (T, 4d) array
-
-
-def block(resid, p, n_head, eps, kv_cache=None):
-    """One pre-LN transformer block. Returns resid_mid (after attention), resid_post, pattern."""
-    attn_out, pattern = self_attention(layer_norm(resid, **p["ln_1"], eps=eps), p["attn"], n_head, kv_cache)
-    resid_mid = resid + attn_out
-    resid_post = resid_mid + mlp(layer_norm(resid_mid, **p["ln_2"], eps=eps), p["mlp"])
-    return resid_mid, resid_post, pattern
-
-
-def unembed(x, params, out=None):
-    """Logits over the vocabulary: x @ W_U with W_U = wte.T (tied), or lm_head.T. (T, d) -> (T, V)
-    `out`: an optional (T, V) array to write into (the lens reuses one buffer per chunk)."""
-    W_E = params["lm_head"]["weight"] if "lm_head" in params else params["wte"]["weight"]
-    return np.matmul(x, W_E.T, out=out)
-
-
-# -- where non-finite numbers came from ------------------------------------------------------
-# A checkpoint holding NaN or inf (or weights large enough to overflow float32) makes every
-# later number NaN: the residual stream only adds, so NaN at one position reaches the logits.
-# Rather than scan gigabytes of weights at load time, the forward pass checks its logits, and
-# only when they are not all finite walks the stages in the order the data flowed.
-
-
-def _first_nonfinite_row(x) -> int | None:
-    """Index along the first axis of the first row holding NaN or inf, or None."""
-    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
-    return int(np.argmax(bad)) if bad.any() else None
-
-
-def _stages(params, n_layer):
-    """(what the stage computes, tensor names of the stage) in the order the data flows; each
-    stage's output is one residual row (see Trace), the last stage's output is the logits."""
-    yield "the embedding (wte + wpe)", ["wte.weight", "wpe.weight"]
-    for l in range(n_layer):
-        yield f"block {l}'s attention", [f"h.{l}.ln_1.weight", f"h.{l}.ln_1.bias", f"h.{l}.attn.c_attn.weight",
-                                         f"h.{l}.attn.c_attn.bias", f"h.{l}.attn.c_proj.weight", f"h.{l}.attn.c_proj.bias"]
-        yield f"block {l}'s MLP", [f"h.{l}.ln_2.weight", f"h.{l}.ln_2.bias", f"h.{l}.mlp.c_fc.weight",
-                                   f"h.{l}.mlp.c_fc.bias", f"h.{l}.mlp.c_proj.weight", f"h.{l}.mlp.c_proj.bias"]
-    unembedding = "lm_head.weight" if "lm_head" in params else "wte.weight"
-    yield "the final LayerNorm and unembedding", ["ln_f.weight", "ln_f.bias", unembedding]
-
-
-def _tensor(params, name):
-    node = params
-    for key in name.split("."):
-        node = node[int(key)] if key.isdigit() else node[key]
-    return node
-
-
-def all_finite(logits) -> bool:
-    """Whether no logit is NaN or inf. A finite sum means every logit is finite (NaN or inf
-    would reach the sum); the sum is three times cheaper than isfinite over (T, V), and only a
-    sum that overflows costs both."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(logits.sum()) or np.isfinite(logits).all())
-
-
-def locate_nonfinite(params, tokens, residual, resid_mid, logits, tokenizer=None) -> str | None:
-    """None if the logits are all finite; else one line saying at which stage and position NaN
-    or inf first appeared, and which tensors of that stage hold NaN or inf (with the row, for
-    embedding matrices), or that none does and the values overflowed."""
-    if all_finite(logits):
-        return None
-    n_layer = len(resid_mid)
-    outputs = [residual[0]]
-    for l in range(n_layer):
-        outputs += [resid_mid[l], residual[l + 1]]
-    outputs.append(logits)
-    for (stage, names), out in zip(_stages(params, n_layer), outputs):
-        position = _first_nonfinite_row(out)
-        if position is None:
-            continue
-        shown = f" {tokenizer.readable(tokens[position])!r}" if tokenizer is not None else ""
-        where = f"NaN or inf first appears in {stage}, at position {position} (token {int(tokens[position])}{shown})"
-        culprits = []
-        for name in names:
-            tensor = _tensor(params, name)
-            if name == "wte.weight" and stage.startswith("the embedding"):
-                tensor = tensor[tokens]  # only the rows this text used
-                row = _first_nonfinite_row(tensor)
-                if row is not None:
-                    culprits.append(f"wte.weight row {int(tokens[row])}")
-            elif name == "wpe.weight":
-                row = _first_nonfinite_row(tensor[: len(tokens)])
-                if row is not None:
-                    culprits.append(f"wpe.weight row {row}")
-            elif tensor.ndim == 2 and stage.startswith("the final"):  # the unembedding: which token
-                row = _first_nonfinite_row(tensor)
-                if row is not None:
-                    culprits.append(f"{name} row {row}")
-            elif not np.isfinite(tensor).all():
-                culprits.append(name)
-        if culprits:
-            return f"{where}: the checkpoint's {', '.join(culprits)} holds NaN or inf"
-        return f"{where}; no weight there is NaN or inf, so the values overflowed (weights too large for {logits.dtype}?)"
-    return "the logits hold NaN or inf"  # unreachable: the last stage's output is the logits
 
 
 @dataclass
@@ -321,10 +100,10 @@ class GPT2:
 
     def final_norm(self, x):
         """ln_f, the LayerNorm every residual goes through before the unembedding."""
-        return layer_norm(x, **self.params["ln_f"], eps=self.config.layer_norm_epsilon)
+        return gpt2.layer_norm(x, **self.params["ln_f"], eps=self.config.layer_norm_epsilon)
 
     def unembed(self, x, out=None):
-        return unembed(x, self.params, out=out)
+        return gpt2.unembed(x, self.params, out=out)
 
     @np.errstate(over="ignore", invalid="ignore")  # NaN and overflow are checked at the end instead
     def run(self, tokens_or_text, keep_attention: bool = False, check_finite: bool = True,
@@ -335,26 +114,12 @@ class GPT2:
         If the logits hold NaN or inf, a NonFiniteError names where they came from
         (check_finite=False returns them as they are)."""
         tokens = self.to_tokens(tokens_or_text)
-        c, p = self.config, self.params
-        T = len(tokens)
-        residual = np.empty((c.n_layer + 1, T, c.n_embd), dtype=self.dtype)
-        resid_mid = np.empty((c.n_layer, T, c.n_embd), dtype=self.dtype) if keep_resid_mid else None
-        attention = np.empty((c.n_layer, c.n_head, T, T), dtype=self.dtype) if keep_attention else None
-
-        residual[0] = embed(tokens, p["wte"]["weight"], p["wpe"]["weight"])
-        for l, block_params in enumerate(p["h"]):
-            mid, residual[l + 1], pattern = block(residual[l], block_params, c.n_head, c.layer_norm_epsilon)
-            if keep_resid_mid:
-                resid_mid[l] = mid
-            if keep_attention:
-                attention[l] = pattern
-            del mid, pattern  # the pattern is (H, T, T), 105 MB for gpt2-xl at T = 1024: free it now
-        logits = self.unembed(self.final_norm(residual[-1]))
+        c = self.config
+        residual, resid_mid, attention, logits = gpt2.forward(
+            tokens, self.params, c.n_head, c.layer_norm_epsilon,
+            keep_resid_mid=keep_resid_mid, keep_attention=keep_attention)
         if check_finite:
-            if resid_mid is None and not all_finite(logits):
-                # naming the stage NaN or inf came from needs every stage's output: run again keeping them
-                return self.run(tokens, keep_attention=keep_attention, keep_resid_mid=True)
-            problem = locate_nonfinite(p, tokens, residual, resid_mid, logits, self.tokenizer)
+            problem = locate_nonfinite(self.params, c, tokens, residual, resid_mid, logits, self.tokenizer)
             if problem is not None:
                 raise NonFiniteError(f"{self.name}: {problem}")
         return Trace(tokens=tokens, residual=residual, resid_mid=resid_mid, logits=logits, attention=attention)
@@ -371,15 +136,11 @@ class GPT2:
         likely tokens, top_p the smallest set holding that much probability; the same seed gives
         the same tokens. With stop_at_eos, <|endoftext|> ends the list. The result's
         `stop_reason` is "max_new_tokens", "eos" or "n_ctx" (the text filled the context)."""
-        from .generate import generate
-
         return generate(self, tokens_or_text, max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
 
     def stream(self, tokens_or_text, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
                seed=None, stop_at_eos=True):
         """Like generate, but yields each new token id as soon as it is made (a TokenStream)."""
-        from .generate import TokenStream
-
         return TokenStream(self, tokens_or_text, max_new_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)

@@ -111,8 +111,8 @@ def check_cached_logits(model, rtol):
     assert all(np.shares_memory(b.keys, keys) and np.shares_memory(b.values, values) for b in cache.blocks)
     # and the cached keys are the keys a full pass computes (block 0, from the embeddings)
     ln = model.params["h"][0]["ln_1"]
-    x = minigpt.model.layer_norm(model.run(tokens).residual[0], **ln, eps=c.layer_norm_epsilon)
-    k = minigpt.model.split_heads(minigpt.model.linear(x, **model.params["h"][0]["attn"]["c_attn"])[:, c.n_embd : 2 * c.n_embd], c.n_head)
+    x = minigpt.gpt2.layer_norm(model.run(tokens).residual[0], **ln, eps=c.layer_norm_epsilon)
+    k = minigpt.gpt2.split_heads(minigpt.gpt2.linear(x, **model.params["h"][0]["attn"]["c_attn"])[:, c.n_embd : 2 * c.n_embd], c.n_head)
     np.testing.assert_allclose(cache.keys[0], k, rtol=rtol, atol=rtol * np.abs(k).max())
 
 
