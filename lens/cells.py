@@ -18,6 +18,7 @@ are combined in float64; see docs/lens-math.md for why this is accurate.
 
 import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -33,7 +34,7 @@ THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaf
 
 
 def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, final_logits=None,
-                    threads=THREADS):
+                    threads=THREADS, progress=False):
     """Every per-cell array of LensResult, shape (R, P), from the R residuals (T, d) of `rows`.
     `final_logits` (T, V): the model's own logits, if norm is ln_f (the last row is then not
     decoded again: it is the same computation)."""
@@ -62,7 +63,7 @@ def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, f
             p = start + j
             position_statistics(logits[:, j], int(input_tokens[p]), int(target_tokens[p]), out, p, s)
 
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(threads) as pool, progress_bar(P, "lens", progress) as bar:
         for start in range(0, P, per_chunk):
             chunk = positions[start:start + per_chunk]
             logits = decode_chunk(model, rows, chunk, norm, buffer, final_logits)  # (R, c, V)
@@ -70,7 +71,19 @@ def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, f
             jobs = [pool.submit(reduce, logits, js, start, s) for js, s in zip(parts, scratch) if len(js)]
             for job in jobs:
                 job.result()
+            bar.update(len(chunk))
     return out
+
+
+PROGRESS_DELAY = 3.0  # seconds: a lens that ends sooner shows no progress bar at all
+
+
+def progress_bar(total, what, show):
+    """A tqdm bar on stderr counting positions, drawn only once PROGRESS_DELAY seconds have passed."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="position", delay=PROGRESS_DELAY, disable=not show,
+                file=sys.stderr, leave=False)
 
 
 def positions_per_chunk(R, P, threads):
@@ -183,21 +196,23 @@ def kl_divergence(ref, S, py, y, same_row):
     return max(0.0, math.log(S / S_ref) + (py_ref - pref_y))
 
 
-def top_k(model, rows, positions, norm, k):
+def top_k(model, rows, positions, norm, k, progress=False):
     """ids (R, P, k) int64 and probs (R, P, k) float32 of each cell's k most likely tokens."""
     R, P = len(rows), len(positions)
     ids = np.empty((R, P, k), np.int64)
     probs = np.empty((R, P, k), np.float32)
     per_chunk = min(P, max(1, CHUNK_CELLS // R))
     buffer = np.empty(R * per_chunk * model.config.vocab_size, dtype=model.dtype)
-    for start in range(0, P, per_chunk):
-        chunk = positions[start:start + per_chunk]
-        logits = decode_chunk(model, rows, chunk, norm, buffer)  # (R, c, V)
-        for j in range(len(chunk)):
-            for r in range(R):
-                best, log_probs = most_likely(logits[r, j], k)
-                ids[r, start + j] = best
-                probs[r, start + j] = np.exp(log_probs)
+    with progress_bar(P, f"top-{k}", progress) as bar:
+        for start in range(0, P, per_chunk):
+            chunk = positions[start:start + per_chunk]
+            logits = decode_chunk(model, rows, chunk, norm, buffer)  # (R, c, V)
+            for j in range(len(chunk)):
+                for r in range(R):
+                    best, log_probs = most_likely(logits[r, j], k)
+                    ids[r, start + j] = best
+                    probs[r, start + j] = np.exp(log_probs)
+            bar.update(len(chunk))
     return ids, probs
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import layout
 from .config import Config
 from .errors import CheckpointError, InputError
 
@@ -264,54 +265,9 @@ def _as_float(array: np.ndarray, code: str, dtype: np.dtype) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # GPT-2's tensors
 
-# Official files name tensors "wte.weight", "h.0.attn.c_attn.weight", ...; transformers'
-# save_pretrained prefixes them with "transformer.". Conv1D weights are stored [in, out].
+# Official files name tensors as layout.py does; transformers' save_pretrained prefixes every
+# name with "transformer.".
 PREFIX = "transformer."
-
-
-def expected_shapes(config: Config) -> dict:
-    return dict(_expected(config))
-
-
-def _expected(config: Config):
-    """(name, shape) of every GPT-2 weight, one at a time: a config.json claiming a billion
-    blocks can be checked without building twelve billion names."""
-    d, m, V = config.n_embd, config.mlp_width, config.vocab_size
-    yield from {"wte.weight": (V, d), "wpe.weight": (config.n_ctx, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}.items()
-    for i in range(config.n_layer):
-        yield from {
-            f"h.{i}.ln_1.weight": (d,),
-            f"h.{i}.ln_1.bias": (d,),
-            f"h.{i}.attn.c_attn.weight": (d, 3 * d),
-            f"h.{i}.attn.c_attn.bias": (3 * d,),
-            f"h.{i}.attn.c_proj.weight": (d, d),
-            f"h.{i}.attn.c_proj.bias": (d,),
-            f"h.{i}.ln_2.weight": (d,),
-            f"h.{i}.ln_2.bias": (d,),
-            f"h.{i}.mlp.c_fc.weight": (d, m),
-            f"h.{i}.mlp.c_fc.bias": (m,),
-            f"h.{i}.mlp.c_proj.weight": (m, d),
-            f"h.{i}.mlp.c_proj.bias": (d,),
-        }.items()
-
-
-BLOCK_WEIGHTS = {name.split(".", 2)[2] for name, _ in _expected(Config(1, 1, 1, 1, 1))
-                 if name.startswith("h.")}  # "ln_1.weight", "attn.c_attn.bias", ...
-
-
-def _is_expected(name: str, config: Config) -> bool:
-    """Whether `name` (without prefix) is one of the weights `config` needs."""
-    if name in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
-        return True
-    parts = name.split(".", 2)
-    return (len(parts) == 3 and parts[0] == "h" and parts[1].isdigit() and str(int(parts[1])) == parts[1]
-            and int(parts[1]) < config.n_layer and parts[2] in BLOCK_WEIGHTS)
-
-
-def _is_mask_buffer(name: str) -> bool:
-    """`h.N.attn.bias` / `h.N.attn.masked_bias`: the causal mask saved as a buffer, not a weight."""
-    parts = name.split(".")
-    return len(parts) == 4 and parts[0] == "h" and parts[2] == "attn" and parts[3] in ("bias", "masked_bias")
 
 
 def weight_files(directory: Path) -> list:
@@ -363,58 +319,41 @@ def load_params(directory: Path, config: Config, dtype=np.float32) -> dict:
     """
     dtype = check_dtype(dtype)
     files = [SafetensorsFile(path) for path in weight_files(Path(directory))]
-    # Name the first missing tensor without listing every expected name: a config.json claiming
-    # a billion blocks must end in this error, not in building twelve billion strings.
+    shapes = layout.Shapes(config)
+    # Count the expected names the files hold rather than list the expected ones: a config.json
+    # claiming a billion blocks must end in this error, not in building twelve billion strings.
     stored = {name.removeprefix(PREFIX) for file in files for name in file.names()}
-    n_missing = 12 * config.n_layer + 4 - sum(_is_expected(name, config) for name in stored)
+    n_missing = len(shapes) - sum(shapes.get(name) is not None for name in stored)
     if n_missing > 0:
-        first = next(name for name, _ in _expected(config) if name not in stored)
+        first = next(name for name, _ in layout.tensors(config) if name not in stored)
         more = f" (and {n_missing - 1} more)" if n_missing > 1 else ""
         raise CheckpointError(f"checkpoint in {directory} lacks the tensor {first!r}{more}")
-    expected = expected_shapes(config)
     flat = {}
-    lm_head = None
     for file in files:
         path = file.path
         for stored_name in file.names():
-            name = stored_name[len(PREFIX):] if stored_name.startswith(PREFIX) else stored_name
-            if _is_mask_buffer(name):
+            name = stored_name.removeprefix(PREFIX)
+            if layout.is_mask_buffer(name):
                 continue
-            if name not in expected and name != "lm_head.weight":
+            want = shapes.get(name)
+            if name == layout.UNTIED_UNEMBEDDING:  # optional: the unembedding, when not wte
+                want = shapes.get(layout.TOKEN_EMBEDDING)
+            if want is None:
                 raise CheckpointError(f"{path}: unexpected tensor {_short(stored_name)} (not a GPT-2 weight)")
-            if name in flat or (name == "lm_head.weight" and lm_head is not None):
+            if name in flat:
                 raise CheckpointError(f"{path}: tensor {name!r} appears more than once")
-            want = expected.get(name, expected["wte.weight"])
             if file.shape(stored_name) != want:
                 raise CheckpointError(
                     f"{path}: tensor {stored_name!r} has shape {list(file.shape(stored_name))}, "
                     f"expected {list(want)} for this config"
                 )
             try:
-                array = _as_float(file.tensor(stored_name), file.dtype_code(stored_name), dtype)
+                flat[name] = _as_float(file.tensor(stored_name), file.dtype_code(stored_name), dtype)
             except CheckpointError as err:
                 raise CheckpointError(f"{path}: tensor {stored_name!r}: {err}") from None
-            if name == "lm_head.weight":
-                lm_head = array
-            else:
-                flat[name] = array
-
-    missing = [name for name in expected if name not in flat]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CheckpointError(f"checkpoint in {directory} lacks the tensor {missing[0]!r}{more}")
-
-    params = {"h": [{} for _ in range(config.n_layer)]}
-    for name, array in flat.items():
-        *path, leaf = name.split(".")
-        node = params
-        if path[0] == "h":
-            node = params["h"][int(path[1])]
-            path = path[2:]
-        for key in path:
-            node = node.setdefault(key, {})
-        node[leaf] = array
+    # Every weight is there: the count above found them all, and none was read twice.
     # Tied unembedding (every official GPT-2): logits = x @ wte.T. Keep lm_head only if it differs.
-    if lm_head is not None and not np.array_equal(lm_head, params["wte"]["weight"]):
-        params["lm_head"] = {"weight": lm_head}
-    return params
+    unembedding = flat.get(layout.UNTIED_UNEMBEDDING)
+    if unembedding is not None and np.array_equal(unembedding, flat[layout.TOKEN_EMBEDDING]):
+        del flat[layout.UNTIED_UNEMBEDDING]
+    return layout.unflatten(flat)

@@ -1,97 +1,18 @@
 """GPT-2's architecture at a glance, and where its parameters live, from the config alone.
 
-Every count below is arithmetic on the config; no weights are read. With d = n_embd,
-m = MLP width (4d unless n_inner is set), V = vocabulary, n = context, L = blocks:
+Every count below is arithmetic on the config and on layout.py's table of tensors; no weights
+are read. With d = n_embd, V = vocabulary, n = context, L = blocks and the MLP 4d wide:
 
-    token embedding     wte               V·d
-    position embedding  wpe               n·d
-    each block          ln_1              2d            (gain and bias)
-                        attn.c_attn       d·3d + 3d     (q, k, v side by side)
-                        attn.c_proj       d·d + d
-                        ln_2              2d
-                        mlp.c_fc          d·m + m
-                        mlp.c_proj        m·d + d
-    final LayerNorm     ln_f              2d
-    unembedding         = wte transposed  0 more        (tied), or V·d if untied
-
-    total = V·d + n·d + L·(12d² + 13d) + 2d   for m = 4d
+    total = V·d + n·d + L·(12d² + 13d) + 2d      (a tied unembedding adds nothing; untied, V·d)
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import OFFICIAL, Config, read_config
 from .errors import ConfigError
+from .layout import attention_components, block_components, embedding_components, final_components, mlp_components
 
 FLOAT32_BYTES = 4
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """One parameter tensor: its name in the checkpoint (within a block: after `h.N.`) and shape."""
-
-    name: str
-    shape: tuple
-
-    @property
-    def count(self) -> int:
-        n = 1
-        for size in self.shape:
-            n *= size
-        return n
-
-
-@dataclass(frozen=True)
-class Component:
-    """A group of tensors that does one thing (an embedding, a LayerNorm, a linear map)."""
-
-    name: str  # e.g. "attn.c_attn"
-    what: str  # e.g. "attention: q, k, v projections"
-    tensors: tuple  # of Tensor
-
-    @property
-    def count(self) -> int:
-        return sum(t.count for t in self.tensors)
-
-
-def _layer_norm(name, what, d):
-    return Component(name, what, (Tensor(f"{name}.weight", (d,)), Tensor(f"{name}.bias", (d,))))
-
-
-def _linear(name, what, n_in, n_out):
-    """A Conv1D: weight stored [in, out], bias [out]."""
-    return Component(name, what, (Tensor(f"{name}.weight", (n_in, n_out)), Tensor(f"{name}.bias", (n_out,))))
-
-
-def embedding_components(config: Config) -> list:
-    d = config.n_embd
-    return [
-        Component("wte", "token embedding", (Tensor("wte.weight", (config.vocab_size, d)),)),
-        Component("wpe", "position embedding", (Tensor("wpe.weight", (config.n_ctx, d)),)),
-    ]
-
-
-def block_components(config: Config) -> list:
-    """The parameters of one block, in the order the data meets them."""
-    d, m = config.n_embd, config.mlp_width
-    return [
-        _layer_norm("ln_1", "LayerNorm before attention", d),
-        _linear("attn.c_attn", "attention: q, k, v projections", d, 3 * d),
-        _linear("attn.c_proj", "attention: output projection", d, d),
-        _layer_norm("ln_2", "LayerNorm before the MLP", d),
-        _linear("mlp.c_fc", "MLP: expand", d, m),
-        _linear("mlp.c_proj", "MLP: contract", m, d),
-    ]
-
-
-def final_components(config: Config, tied: bool = True) -> list:
-    d = config.n_embd
-    components = [_layer_norm("ln_f", "final LayerNorm", d)]
-    if not tied:
-        components.append(
-            Component("lm_head", "unembedding (not tied)", (Tensor("lm_head.weight", (config.vocab_size, d)),))
-        )
-    return components
 
 
 def block_params(config: Config) -> int:
@@ -110,13 +31,11 @@ def total_params(config: Config, tied: bool = True) -> int:
 def params_by_kind(config: Config, tied: bool = True) -> dict:
     """{kind: count} for the kinds of parameter: embeddings, attention, MLP, LayerNorms."""
     kinds = {"attention": 0, "MLP": 0, "embeddings": 0, "LayerNorms": 0}
-    for c in embedding_components(config):
-        kinds["embeddings"] += c.count
-    for c in block_components(config):
-        kind = "attention" if c.name.startswith("attn.") else "MLP" if c.name.startswith("mlp.") else "LayerNorms"
-        kinds[kind] += config.n_layer * c.count
-    for c in final_components(config, tied):
-        kinds["LayerNorms" if c.name == "ln_f" else "embeddings"] += c.count
+    groups = [(embedding_components(config), "embeddings", 1), (attention_components(config), "attention", config.n_layer),
+              (mlp_components(config), "MLP", config.n_layer), (final_components(config, tied), "embeddings", 1)]
+    for components, kind, times in groups:
+        for c in components:
+            kinds["LayerNorms" if c.kind == "layer_norm" else kind] += times * c.count
     return kinds
 
 

@@ -1,5 +1,6 @@
 """The GPT2 class: a loaded model (config, weights, tokenizer) that checks its input, runs the
-forward pass of gpt2.py keeping every residual, and says where NaN or inf came from.
+forward pass of gpt2.py keeping every residual, and (diagnose.py) says where NaN or inf came
+from; generate/stream are generate.py's text generation.
 """
 
 from dataclasses import dataclass
@@ -10,90 +11,10 @@ import numpy as np
 from . import gpt2
 from .checkpoint import load_params
 from .config import Config, read_config
+from .diagnose import locate_nonfinite
 from .errors import InputError, NonFiniteError
+from .generate import TokenStream, generate
 from .tokenizer import Tokenizer
-
-
-# -- where non-finite numbers came from ------------------------------------------------------
-# A checkpoint holding NaN or inf (or weights large enough to overflow float32) makes every
-# later number NaN: the residual stream only adds, so NaN at one position reaches the logits.
-# Rather than scan gigabytes of weights at load time, the forward pass checks its logits, and
-# only when they are not all finite walks the stages in the order the data flowed.
-
-
-def _first_nonfinite_row(x) -> int | None:
-    """Index along the first axis of the first row holding NaN or inf, or None."""
-    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
-    return int(np.argmax(bad)) if bad.any() else None
-
-
-def _stages(params, n_layer):
-    """(what the stage computes, tensor names of the stage) in the order the data flows; each
-    stage's output is one residual row (see Trace), the last stage's output is the logits."""
-    yield "the embedding (wte + wpe)", ["wte.weight", "wpe.weight"]
-    for l in range(n_layer):
-        yield f"block {l}'s attention", [f"h.{l}.ln_1.weight", f"h.{l}.ln_1.bias", f"h.{l}.attn.c_attn.weight",
-                                         f"h.{l}.attn.c_attn.bias", f"h.{l}.attn.c_proj.weight", f"h.{l}.attn.c_proj.bias"]
-        yield f"block {l}'s MLP", [f"h.{l}.ln_2.weight", f"h.{l}.ln_2.bias", f"h.{l}.mlp.c_fc.weight",
-                                   f"h.{l}.mlp.c_fc.bias", f"h.{l}.mlp.c_proj.weight", f"h.{l}.mlp.c_proj.bias"]
-    unembedding = "lm_head.weight" if "lm_head" in params else "wte.weight"
-    yield "the final LayerNorm and unembedding", ["ln_f.weight", "ln_f.bias", unembedding]
-
-
-def _tensor(params, name):
-    node = params
-    for key in name.split("."):
-        node = node[int(key)] if key.isdigit() else node[key]
-    return node
-
-
-def all_finite(logits) -> bool:
-    """Whether no logit is NaN or inf. A finite sum means every logit is finite (NaN or inf
-    would reach the sum); the sum is three times cheaper than isfinite over (T, V), and only a
-    sum that overflows costs both."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(logits.sum()) or np.isfinite(logits).all())
-
-
-def locate_nonfinite(params, tokens, residual, resid_mid, logits, tokenizer=None) -> str | None:
-    """None if the logits are all finite; else one line saying at which stage and position NaN
-    or inf first appeared, and which tensors of that stage hold NaN or inf (with the row, for
-    embedding matrices), or that none does and the values overflowed."""
-    if all_finite(logits):
-        return None
-    n_layer = len(resid_mid)
-    outputs = [residual[0]]
-    for l in range(n_layer):
-        outputs += [resid_mid[l], residual[l + 1]]
-    outputs.append(logits)
-    for (stage, names), out in zip(_stages(params, n_layer), outputs):
-        position = _first_nonfinite_row(out)
-        if position is None:
-            continue
-        shown = f" {tokenizer.readable(tokens[position])!r}" if tokenizer is not None else ""
-        where = f"NaN or inf first appears in {stage}, at position {position} (token {int(tokens[position])}{shown})"
-        culprits = []
-        for name in names:
-            tensor = _tensor(params, name)
-            if name == "wte.weight" and stage.startswith("the embedding"):
-                tensor = tensor[tokens]  # only the rows this text used
-                row = _first_nonfinite_row(tensor)
-                if row is not None:
-                    culprits.append(f"wte.weight row {int(tokens[row])}")
-            elif name == "wpe.weight":
-                row = _first_nonfinite_row(tensor[: len(tokens)])
-                if row is not None:
-                    culprits.append(f"wpe.weight row {row}")
-            elif tensor.ndim == 2 and stage.startswith("the final"):  # the unembedding: which token
-                row = _first_nonfinite_row(tensor)
-                if row is not None:
-                    culprits.append(f"{name} row {row}")
-            elif not np.isfinite(tensor).all():
-                culprits.append(name)
-        if culprits:
-            return f"{where}: the checkpoint's {', '.join(culprits)} holds NaN or inf"
-        return f"{where}; no weight there is NaN or inf, so the values overflowed (weights too large for {logits.dtype}?)"
-    return "the logits hold NaN or inf"  # unreachable: the last stage's output is the logits
 
 
 @dataclass
@@ -198,10 +119,7 @@ class GPT2:
             tokens, self.params, c.n_head, c.layer_norm_epsilon,
             keep_resid_mid=keep_resid_mid, keep_attention=keep_attention)
         if check_finite:
-            if resid_mid is None and not all_finite(logits):
-                # naming the stage NaN or inf came from needs every stage's output: run again keeping them
-                return self.run(tokens, keep_attention=keep_attention, keep_resid_mid=True)
-            problem = locate_nonfinite(self.params, tokens, residual, resid_mid, logits, self.tokenizer)
+            problem = locate_nonfinite(self.params, c, tokens, residual, resid_mid, logits, self.tokenizer)
             if problem is not None:
                 raise NonFiniteError(f"{self.name}: {problem}")
         return Trace(tokens=tokens, residual=residual, resid_mid=resid_mid, logits=logits, attention=attention)
@@ -218,15 +136,11 @@ class GPT2:
         likely tokens, top_p the smallest set holding that much probability; the same seed gives
         the same tokens. With stop_at_eos, <|endoftext|> ends the list. The result's
         `stop_reason` is "max_new_tokens", "eos" or "n_ctx" (the text filled the context)."""
-        from .generate import generate
-
         return generate(self, tokens_or_text, max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
 
     def stream(self, tokens_or_text, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
                seed=None, stop_at_eos=True):
         """Like generate, but yields each new token id as soon as it is made (a TokenStream)."""
-        from .generate import TokenStream
-
         return TokenStream(self, tokens_or_text, max_new_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)

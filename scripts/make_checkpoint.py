@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from minigpt import layout  # noqa: E402
 from minigpt.config import OFFICIAL, config_dict  # noqa: E402
 from minigpt.files import atomic_write  # noqa: E402
 
@@ -35,28 +36,20 @@ BPE = ROOT / "minigpt" / "data"
 ALIGN = 8  # the safetensors writer pads the header with spaces to a multiple of 8 bytes
 
 
+# How each tensor's values are drawn, by (layout component kind, tensor): see draw().
+DRAWN_AS = {("embedding", "weight"): "embedding", ("layer_norm", "weight"): "gain", ("layer_norm", "bias"): "bias",
+            ("linear", "weight"): "weight", ("linear", "bias"): "bias"}
+
+
 def tensor_plan(c) -> list:
-    """[(name, shape, kind)] in file order for a Config; kind chooses how the values are drawn."""
-    d, m = c.n_embd, c.mlp_width
-    plan = [("wte.weight", (c.vocab_size, d), "embedding"), ("wpe.weight", (c.n_ctx, d), "embedding")]
-    for i in range(c.n_layer):
-        h = f"h.{i}."
-        plan += [
-            (h + "ln_1.weight", (d,), "gain"),
-            (h + "ln_1.bias", (d,), "bias"),
-            (h + "attn.bias", (1, 1, c.n_ctx, c.n_ctx), "mask"),
-            (h + "attn.c_attn.weight", (d, 3 * d), "weight"),
-            (h + "attn.c_attn.bias", (3 * d,), "bias"),
-            (h + "attn.c_proj.weight", (d, d), "weight"),
-            (h + "attn.c_proj.bias", (d,), "bias"),
-            (h + "ln_2.weight", (d,), "gain"),
-            (h + "ln_2.bias", (d,), "bias"),
-            (h + "mlp.c_fc.weight", (d, m), "weight"),
-            (h + "mlp.c_fc.bias", (m,), "bias"),
-            (h + "mlp.c_proj.weight", (m, d), "weight"),
-            (h + "mlp.c_proj.bias", (d,), "bias"),
-        ]
-    plan += [("ln_f.weight", (d,), "gain"), ("ln_f.bias", (d,), "bias")]
+    """[(name, shape, kind)] in file order for a Config: layout.py's weights, then one causal
+    mask buffer per block; kind chooses how the values are drawn."""
+    plan = []
+    for stage in layout.stages(c, tied=True):
+        for component in stage.components:
+            for t in component.tensors:
+                plan.append((stage.prefix + t.name, t.shape, DRAWN_AS[component.kind, t.name.rsplit(".", 1)[1]]))
+    plan += [(*layout.mask_buffer(c, l), "mask") for l in range(c.n_layer)]
     return plan
 
 

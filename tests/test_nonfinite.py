@@ -60,6 +60,30 @@ def test_nan_or_inf_in_a_checkpoint_is_named(tiny_checkpoint, tmp_path, name, in
     assert not np.isfinite(model.run(TEXT, check_finite=False).logits).all()
 
 
+@pytest.mark.parametrize("name, expected", [
+    ("h.1.attn.c_proj.weight", "first appears in block 1's attention, at position 0 (token 464 'The'): "
+                               "the checkpoint's h.1.attn.c_proj.weight holds"),
+    ("h.1.mlp.c_proj.weight", "first appears in block 1's MLP, at position 0 (token 464 'The'): "
+                              "the checkpoint's h.1.mlp.c_proj.weight holds"),
+])
+def test_nan_is_named_without_resid_mid_and_one_forward_pass(tiny_checkpoint, tmp_path, monkeypatch, name, expected):
+    """keep_resid_mid=False (model.logits) names the sub-block just as well, without running the
+    whole forward pass again: only the block concerned is recomputed."""
+    from minigpt import gpt2
+
+    path, _ = tiny_checkpoint
+    model = minigpt.load(edited_checkpoint(path, tmp_path / "broken", set_value(name, (0, 0), np.nan)))
+    calls = []
+    forward = gpt2.forward
+    monkeypatch.setattr(gpt2, "forward", lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(NonFiniteError) as caught:
+            model.logits(TEXT)
+    assert expected in str(caught.value)
+    assert len(calls) == 1
+
+
 def test_overflow_without_nan_in_the_weights_is_called_overflow(tiny_checkpoint, tmp_path):
     """Finite but huge weights: block 1's MLP output stays below float32's 3.4e38 (LayerNorm
     rescales each block's input), and the final LayerNorm's variance (x squared) overflows."""
