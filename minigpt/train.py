@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backward as bw
-from . import gpt2
+from . import gpt2, layout
 from .config import Config, config_dict
 from .errors import MiniGPTError
 from .files import atomic_write
@@ -107,18 +107,6 @@ def tree_map(fn, tree, *others):
     return fn(tree, *others)
 
 
-def leaves(tree, prefix=""):
-    """(dotted name, array) for every leaf, in the checkpoint's naming: "h.0.attn.c_attn.weight"."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from leaves(value, f"{prefix}{key}.")
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from leaves(value, f"{prefix}{i}.")
-    else:
-        yield prefix[:-1], tree
-
-
 # -- the optimizer ------------------------------------------------------------------------------
 
 
@@ -131,10 +119,10 @@ def decays(name, array):
 def clip_grad_norm(grads, max_norm):
     """Scale every gradient by min(1, max_norm / (norm + 1e-6)), norm = the L2 norm of all
     gradients together (as torch.nn.utils.clip_grad_norm_). Returns the norm before clipping."""
-    norm = math.sqrt(sum(float(np.vdot(g, g)) for _, g in leaves(grads)))
+    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in layout.flatten(grads).values()))
     scale = max_norm / (norm + 1e-6)
     if scale < 1.0:
-        for _, g in leaves(grads):
+        for g in layout.flatten(grads).values():
             g *= g.dtype.type(scale)
     return norm
 
@@ -146,7 +134,7 @@ def adamw_update(params, grads, m, v, step, lr, beta1=0.9, beta2=0.95, eps=1e-8,
         m  = beta1 m + (1 - beta1) g                     v = beta2 v + (1 - beta2) g^2
         p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)"""
     bias1, bias2_sqrt = 1.0 - beta1**step, math.sqrt(1.0 - beta2**step)
-    for (name, p), (_, g), (_, m_p), (_, v_p) in zip(leaves(params), leaves(grads), leaves(m), leaves(v)):
+    for (name, p), g, m_p, v_p in zip(layout.flatten(params).items(), *(layout.flatten(t).values() for t in (grads, m, v))):
         t = p.dtype.type
         if weight_decay and decays(name, p):
             p *= t(1.0 - lr * weight_decay)
@@ -253,32 +241,28 @@ def epoch_order(seed, epoch, count):
 
 
 def init_params(config, seed, dtype=np.float32):
-    """GPT-2's initialisation (as in its paper and nanoGPT): weights N(0, 0.02), the residual
-    projections (attn.c_proj, mlp.c_proj) N(0, 0.02 / sqrt(2 n_layer)) so the residual stream's
-    variance does not grow with depth, biases 0, LayerNorm gains 1."""
+    """GPT-2's initialisation (as in its paper and nanoGPT): weights N(0, 0.02), wpe N(0, 0.01),
+    biases 0, LayerNorm gains 1, and the projection that ends each sub-block (its output is
+    added to the residual stream) N(0, 0.02 / sqrt(2 n_layer)), so that the residual stream's
+    variance does not grow with depth."""
     rng = np.random.default_rng(seed)
-    d, L = config.n_embd, config.n_layer
-
-    def normal(*shape, std=0.02):
-        return (rng.standard_normal(shape) * std).astype(dtype)
-
-    def linear(n_in, n_out, std=0.02):
-        return {"weight": normal(n_in, n_out, std=std), "bias": np.zeros(n_out, dtype)}
-
-    def norm():
-        return {"weight": np.ones(d, dtype), "bias": np.zeros(d, dtype)}
-
-    residual_std = 0.02 / math.sqrt(2 * L)
-    return {
-        "wte": {"weight": normal(config.vocab_size, d)},
-        "wpe": {"weight": normal(config.n_ctx, d, std=0.01)},
-        "h": [{"ln_1": norm(),
-               "attn": {"c_attn": linear(d, 3 * d), "c_proj": linear(d, d, std=residual_std)},
-               "ln_2": norm(),
-               "mlp": {"c_fc": linear(d, config.mlp_width), "c_proj": linear(config.mlp_width, d, std=residual_std)}}
-              for _ in range(L)],
-        "ln_f": norm(),
-    }
+    residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+    writes_residual = {layout.attention_components(config)[-1].name, layout.mlp_components(config)[-1].name}
+    flat = {}
+    for stage in layout.stages(config):
+        for component in stage.components:
+            for tensor in component.tensors:
+                name = stage.prefix + tensor.name
+                if component.kind == "layer_norm":
+                    value = np.ones(tensor.shape) if tensor.name.endswith("weight") else np.zeros(tensor.shape)
+                elif len(tensor.shape) == 1:  # a linear map's bias
+                    value = np.zeros(tensor.shape)
+                else:
+                    std = residual_std if component.name in writes_residual else 0.02
+                    std = 0.01 if name == layout.POSITION_EMBEDDING else std
+                    value = rng.standard_normal(tensor.shape) * std
+                flat[name] = value.astype(dtype)
+    return layout.unflatten(flat)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -298,7 +282,7 @@ def save_model(directory, params, config, tokenizer, dtype=None):
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: np.ascontiguousarray(a if dtype is None else a.astype(dtype)) for name, a in leaves(params)}
+    tensors = {name: np.ascontiguousarray(a if dtype is None else a.astype(dtype)) for name, a in layout.flatten(params).items()}
     with atomic_write(directory / MODEL_FILE) as f:
         f.write(save(tensors, metadata={"format": "pt"}))
     with atomic_write(directory / "config.json", "w", encoding="utf-8") as f:
@@ -311,20 +295,11 @@ def save_model(directory, params, config, tokenizer, dtype=None):
 def save_state(directory, params, m, v, step, extra):
     from safetensors.numpy import save
 
-    tensors = dict(leaves(params))
-    tensors.update({f"m.{name}": a for name, a in leaves(m)})
-    tensors.update({f"v.{name}": a for name, a in leaves(v)})
+    tensors = dict(layout.flatten(params))
+    tensors.update({f"m.{name}": a for name, a in layout.flatten(m).items()})
+    tensors.update({f"v.{name}": a for name, a in layout.flatten(v).items()})
     with atomic_write(Path(directory) / STATE_FILE) as f:
         f.write(save(tensors, metadata={"step": str(step), "extra": json.dumps(extra)}))
-
-
-def tree_names(tree, prefix=""):
-    """A tree of the same structure whose leaves are the checkpoint names ("h.0.ln_1.weight")."""
-    if isinstance(tree, dict):
-        return {key: tree_names(value, f"{prefix}{key}.") for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [tree_names(value, f"{prefix}{i}.") for i, value in enumerate(tree)]
-    return prefix[:-1]
 
 
 def load_state(directory, template):
@@ -338,7 +313,7 @@ def load_state(directory, template):
             meta = f.metadata()
 
             def tree(prefix):
-                return tree_map(lambda name: np.array(f.get_tensor(prefix + name)), tree_names(template))
+                return layout.unflatten({name: np.array(f.get_tensor(prefix + name)) for name in layout.flatten(template)})
 
             params, m, v = tree(""), tree("m."), tree("v.")
         return params, m, v, int(meta["step"]), json.loads(meta["extra"])

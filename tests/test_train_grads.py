@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import minigpt
-from minigpt import train
+from minigpt import layout, train
 from tests.checkpoints import make_checkpoint
 
 SHAPES = {  # head counts that are not powers of two; odd widths per head
@@ -50,13 +50,13 @@ def test_gradients_equal_autograd(checkpoint, dtype, tolerance):
     ref_loss, ref = torch_loss_and_grads(hf, batch, torch.float64 if dtype == np.float64 else torch.float32)
     assert isinstance(loss, float)
     assert abs(loss - ref_loss) <= tolerance * abs(ref_loss)
-    names = dict(train.leaves(grads))
+    names = layout.flatten(grads)
     assert set(names) == set(ref) - {"lm_head.weight"}  # tied: lm_head is wte
     for name, g in names.items():
         assert g.dtype == dtype and g.shape == ref[name].shape, name
         err = np.linalg.norm(g - ref[name]) / max(np.linalg.norm(ref[name]), 1e-30)
         assert err <= tolerance, f"{name}: relative error {err:.2e}"
-    for (name, g), (_, p) in zip(train.leaves(grads), train.leaves(model.params)):
+    for (name, g), p in zip(layout.flatten(grads).items(), layout.flatten(model.params).values()):
         assert g.shape == p.shape, name
 
 
@@ -66,8 +66,8 @@ def test_finite_differences(tiny_checkpoint):
     model.params = train.tree_map(np.array, model.params)  # writable copies
     batch = np.random.default_rng(1).integers(0, 1000, size=(2, 6))
     _, grads = train.loss_and_grads(model, batch)
-    params = dict(train.leaves(model.params))
-    grad = dict(train.leaves(grads))
+    params = layout.flatten(model.params)
+    grad = layout.flatten(grads)
     rng = np.random.default_rng(2)
     for name in ["wte.weight", "wpe.weight", "h.0.ln_1.weight", "h.1.attn.c_attn.bias", "h.0.mlp.c_fc.weight",
                  "h.1.mlp.c_proj.bias", "ln_f.bias"]:
