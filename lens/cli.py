@@ -22,11 +22,12 @@ import numpy as np
 from minigpt.cli import add_model_argument, add_text_arguments, load_model, read_text
 from minigpt.errors import InputError, MiniGPTError
 from minigpt.files import atomic_write, check_output_path
+from minigpt.tokenizer import check_text
 
-from .decode import NORMS
+from .decode import NORMS, check_norm
 from .examples import EXAMPLES
-from .lens import select_positions
-from .plot import FORMATS, MAX_COLUMNS, VIEWS, describe_positions
+from .lens import check_stride, select_positions
+from .plot import FORMATS, MAX_COLUMNS, VIEWS, describe_positions, figure_format
 
 TABLE_WIDTH = 100  # characters the terminal table aims to fit in
 TABLE_CELL_CHARS = 10  # longer tokens are cut, with "…"
@@ -87,10 +88,7 @@ def lens_text(args) -> str:
         if args.text is not None or args.file is not None:
             raise InputError("give either --example or a text (TEXT, '-' or --file), not both")
         return EXAMPLES[args.example]
-    text = read_text(args)
-    if text == "":
-        raise InputError("text is empty: give at least one character")
-    return text
+    return check_text(read_text(args))
 
 
 def parse_stride(value: str) -> int:
@@ -98,9 +96,7 @@ def parse_stride(value: str) -> int:
         stride = int(value)
     except ValueError:
         raise InputError(f"--stride must be a whole number, found {value!r}") from None
-    if stride < 1:
-        raise InputError(f"--stride must be at least 1, found {stride}")
-    return stride
+    return check_stride(stride, name="--stride")
 
 
 def parse_positions(spec: str | None):
@@ -150,8 +146,7 @@ def fit_context(tokens: list, n_ctx: int, window: bool) -> list:
 
 def check_outputs(args) -> None:
     """Refuse a bad --view, --out or --json before any work (loading gpt2-xl takes a while)."""
-    if args.norm not in NORMS:
-        raise InputError(f"unknown --norm {args.norm!r}: choose one of {', '.join(NORMS)}")
+    check_norm(args.norm, name="--norm")
     if args.view != "all" and args.view not in VIEWS:
         raise InputError(f"unknown view {args.view!r}: choose one of {', '.join(VIEWS)}, all")
     if args.out is not None:
@@ -163,9 +158,7 @@ def check_outputs(args) -> None:
                 raise InputError(f"cannot write into {folder}: the folder is not writable")
         else:
             check_output_path(args.out)
-            suffix = Path(args.out).suffix.lower().lstrip(".")
-            if suffix not in FORMATS:
-                raise InputError(f"cannot tell the figure format of {args.out}: end the name with .png, .svg or .pdf")
+            figure_format(args.out)
     if args.json is not None:
         check_output_path(args.json)
     if args.out is not None:
