@@ -10,6 +10,7 @@ never all rows' distributions. The formulas themselves are formulas.py.
 """
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from .decode import decode
 # Cells decoded per matrix product: 512 x 50257 float32 logits = 103 MB. Larger products spend
 # less of their time re-reading W_E (154 MB for gpt2), which every product reads in full.
 CHUNK_CELLS = 512
+PROGRESS_DELAY = 3.0  # seconds: a lens that ends sooner shows no progress bar at all
 
 
 def positions_per_chunk(R, P, threads=N_THREADS):
@@ -47,30 +49,41 @@ def decode_chunk(model, rows, chunk, norm, buffer=None, final_logits=None):
     return logits
 
 
-def decode_chunks(model, rows, positions, norm, visit=None, *, final_logits=None, scratch=lambda: None):
+def progress_bar(total, what, show):
+    """A tqdm bar on stderr counting positions, drawn only once PROGRESS_DELAY seconds have passed."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="position", delay=PROGRESS_DELAY, disable=not show,
+                file=sys.stderr, leave=False)
+
+
+def decode_chunks(model, rows, positions, norm, visit=None, *, final_logits=None, scratch=lambda: None,
+                  progress=None):
     """Decode every row at every position, chunk by chunk (decode_chunk), and call
     visit(X, i, s) for each position: X (R, V) the logits of positions[i] (the visit may
     overwrite them), s the scratch its thread owns (one scratch() per thread). The positions
     of a chunk are shared among the threads. visit=None only decodes (the benchmark's product
     phase). `final_logits` (T, V): the model's own logits, if norm is ln_f (the last row is
-    then not decoded again: it is the same computation)."""
+    then not decoded again: it is the same computation). `progress`: the name of a progress
+    bar on stderr (see progress_bar), or None for none."""
     R, P = len(rows), len(positions)
     per_chunk = positions_per_chunk(R, P)
     buffer = np.empty(R * per_chunk * model.config.vocab_size, dtype=model.dtype)  # the only vocabulary-sized array
     scratches = [scratch() for _ in range(N_THREADS)]
-    for start in range(0, P, per_chunk):
-        chunk = positions[start:start + per_chunk]
-        logits = decode_chunk(model, rows, chunk, norm, buffer, final_logits)  # (R, c, V)
-        if visit is None:
-            continue
+    with progress_bar(P, progress, progress is not None) as bar:
+        for start in range(0, P, per_chunk):
+            chunk = positions[start:start + per_chunk]
+            logits = decode_chunk(model, rows, chunk, norm, buffer, final_logits)  # (R, c, V)
+            if visit is not None:
 
-        def reduce(share, logits=logits, start=start):
-            js, s = share
-            for j in js:
-                visit(logits[:, j], start + j, s)
+                def reduce(share, logits=logits, start=start):
+                    js, s = share
+                    for j in js:
+                        visit(logits[:, j], start + j, s)
 
-        shares = zip(np.array_split(np.arange(len(chunk)), N_THREADS), scratches)
-        in_threads(reduce, [share for share in shares if len(share[0])])
+                shares = zip(np.array_split(np.arange(len(chunk)), N_THREADS), scratches)
+                in_threads(reduce, [share for share in shares if len(share[0])])
+            bar.update(len(chunk))
 
 
 # -- the per-cell statistics ------------------------------------------------------------------
@@ -96,16 +109,18 @@ class Ranked:
     target: int  # the next token, -1 at the text's last position
 
 
-def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, cells, final_logits=None):
+def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, cells, final_logits=None,
+                    progress=False):
     """Fill the per-cell arrays `cells` ({name: (R, P) array}, LensResult's cell fields, made by
-    the caller) from the R residuals (T, d) of `rows` at `positions`."""
+    the caller) from the R residuals (T, d) of `rows` at `positions`; a progress bar on stderr
+    if `progress` and it takes more than a few seconds."""
 
     def visit(X, i, s):
         position_statistics(X, Ranked(int(np.argmax(X[-1])), int(input_tokens[i]), int(target_tokens[i])), cells, i, s)
 
     V = model.config.vocab_size
     decode_chunks(model, rows, positions, norm, visit, final_logits=final_logits,
-                  scratch=lambda: RowScratch(V, model.dtype))
+                  scratch=lambda: RowScratch(V, model.dtype), progress="lens" if progress else None)
 
 
 def position_statistics(X, tokens: Ranked, cells, i, s):
@@ -149,7 +164,7 @@ def row_statistics(x, e, cell, tokens: Ranked, cells, mask) -> formulas.Softmax:
 # -- top-k ------------------------------------------------------------------------------------
 
 
-def top_k(model, rows, positions, norm, k):
+def top_k(model, rows, positions, norm, k, progress=False):
     """ids (R, P, k) int64 and probs (R, P, k) float32 of each cell's k most likely tokens."""
     R, P = len(rows), len(positions)
     ids = np.empty((R, P, k), np.int64)
@@ -161,5 +176,5 @@ def top_k(model, rows, positions, norm, k):
             ids[r, i] = best
             probs[r, i] = np.exp(log_probs)
 
-    decode_chunks(model, rows, positions, norm, visit)
+    decode_chunks(model, rows, positions, norm, visit, progress=f"top-{k}" if progress else None)
     return ids, probs

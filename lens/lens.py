@@ -12,11 +12,12 @@ docs/lens-math.md.
 """
 
 import operator
+import os
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from minigpt.errors import InputError
+from minigpt.errors import InputError, MiniGPTError
 
 from .cells import cell_statistics, top_k
 from .decode import NORMS, apply_norm, check_norm, decode  # noqa: F401  (re-exported)
@@ -132,6 +133,7 @@ class LensResult:
     tokenizer: object = None
     _model: object = field(default=None, compare=False)
     _rows: list = field(default=None, compare=False)  # R residual arrays (T, d), for topk
+    _topk: dict = field(default_factory=dict, compare=False)  # k -> (ids, probs), computed once
 
     @classmethod
     def empty_cells(cls, R, P) -> dict:
@@ -145,6 +147,13 @@ class LensResult:
         return cells
 
     @property
+    def vocab_size(self):
+        """V, the number of tokens a row's distribution is over (None if unknown)."""
+        if self._model is not None:
+            return self._model.config.vocab_size
+        return getattr(self.tokenizer, "n_vocab", None)
+
+    @property
     def shape(self):
         """(R, P): rows by decoded positions."""
         return self.top1.shape
@@ -154,23 +163,79 @@ class LensResult:
         return (f"LensResult({self.model_name!r}, norm={self.norm!r}, {R} rows x {P} positions "
                 f"of {len(self.tokens)} tokens, rows {self.labels[0]}..{self.labels[-1]})")
 
-    def topk(self, k):
+    def topk(self, k, progress=False):
         """The k most likely tokens of each cell, most likely first (ties: lower id first).
-        Recomputed from the residuals, chunk by chunk. -> ids (R, P, k) int64, probs (R, P, k) float32"""
+        Recomputed from the residuals, chunk by chunk (a progress bar on stderr if `progress`
+        and it takes more than a few seconds). -> ids (R, P, k) int64, probs (R, P, k) float32"""
+        if self._model is None:
+            raise InputError("this LensResult holds no model: top-k needs the result of lens.logit_lens")
         V = self._model.config.vocab_size
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= V:
             raise InputError(f"k must be an integer from 1 to the vocabulary size {V}, found {k!r}")
-        return top_k(self._model, self._rows, self.positions, self.norm, int(k))
+        if int(k) not in self._topk:
+            self._topk[int(k)] = top_k(self._model, self._rows, self.positions, self.norm, int(k), progress=progress)
+        ids, probs = self._topk[int(k)]
+        return ids.copy(), probs.copy()
 
-    def to_dict(self):
-        """Everything above as plain JSON-ready values (lists; NaN as None)."""
+    # Token-id fields, and the fields of their readable strings in to_dict() and to_dataframe().
+    TOKEN_FIELDS = ("tokens", "input_tokens", "target_tokens", "final_top1", "top1")
+
+    def readable(self, ids):
+        """tokenizer.readable of every id of an array (nested lists of str; None where id < 0)."""
+        readable = self.tokenizer.readable
+        return np.vectorize(lambda i: readable(int(i)) if i >= 0 else None, otypes=[object])(ids).tolist()
+
+    def to_dict(self, top_k=None):
+        """Everything above as plain JSON-ready values (lists; NaN as None). Beside each field
+        of token ids, `<field>_readable` holds their strings (tokenizer.readable: a space as '␣');
+        with top_k=K, also topk_ids, topk_probs and topk_readable (R, P, K)."""
         out = {
             "model_name": self.model_name, "norm": self.norm,
             "labels": list(self.labels), "kinds": list(self.kinds), "blocks": self.blocks.tolist(),
         }
         for name in ("tokens", "positions", "input_tokens", "target_tokens", "final_top1", *self.CELL_FIELDS):
             out[name] = _json_ready(getattr(self, name))
+            if name in self.TOKEN_FIELDS and self.tokenizer is not None:
+                out[f"{name}_readable"] = self.readable(getattr(self, name))
+        if top_k is not None:
+            ids, probs = self.topk(top_k)
+            out["topk_ids"], out["topk_probs"] = ids.tolist(), probs.tolist()
+            if self.tokenizer is not None:
+                out["topk_readable"] = self.readable(ids)
         return out
+
+    def to_dataframe(self):
+        """A pandas DataFrame with one row per cell (row-major: the input row's positions first):
+        row (its label), block, kind, position, the input, true next and final top-1 tokens
+        (ids and readable strings), and every per-cell field. Needs pandas (the `pandas` extra)."""
+        try:
+            import pandas
+        except ImportError:
+            raise MiniGPTError(
+                'to_dataframe needs pandas, which is not installed: run pip install -e ".[pandas]" in the '
+                "minigpt checkout (or pip install pandas)"
+            ) from None
+        R, P = self.shape
+        columns = {
+            "row": np.repeat(np.asarray(self.labels, dtype=object), P),
+            "block": np.repeat(self.blocks, P),
+            "kind": np.repeat(np.asarray(self.kinds, dtype=object), P),
+            "position": np.tile(self.positions, R),
+        }
+        for name in ("input_tokens", "target_tokens", "final_top1"):
+            columns[name.removesuffix("s")] = np.tile(getattr(self, name), R)
+        for name in self.CELL_FIELDS:
+            columns[name] = np.ravel(getattr(self, name))
+        if self.tokenizer is not None:
+            for name in ("input_token", "target_token", "final_top1", "top1"):
+                columns[f"{name}_readable"] = self.readable(columns[name])
+        return pandas.DataFrame(columns)
+
+    def _repr_html_(self):
+        """In a notebook, the result shows as the HTML viewer (lens/html.py) in an iframe."""
+        from .html import notebook_html
+
+        return notebook_html(self)
 
 
 LensResult.CELL_FIELDS = tuple(f.name for f in fields(LensResult) if "cell" in f.metadata)
@@ -188,13 +253,25 @@ def _json_ready(array):
 # -- the lens -------------------------------------------------------------------------------
 
 
-def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1, positions=None) -> LensResult:
+def check_model(model):
+    """A loaded model, not its name or folder (an easy slip: logit_lens("gpt2", text))."""
+    if isinstance(model, (str, os.PathLike)):
+        raise InputError(f"logit_lens takes a loaded model, not the name {str(model)!r}: "
+                         f"load it first with model = minigpt.load({str(model)!r})")
+    if not all(hasattr(model, name) for name in ("run", "config", "to_tokens")):
+        raise InputError(f"logit_lens takes a model loaded with minigpt.load, found {type(model).__name__}")
+
+
+def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1, positions=None,
+               progress=False) -> LensResult:
     """Decode the residual stream of every kept row at every chosen position.
 
     The model always runs on the whole text; `positions` (None, a slice or a list) only
     chooses which positions are decoded. `stride=k` keeps blocks 0, k, 2k, ... and the last;
     `subblocks=True` adds the resid_mid row (after attention) before each kept block's row.
+    `progress=True` shows a progress bar on stderr when the lens takes more than a few seconds.
     """
+    check_model(model)
     check_norm(norm)
     labels, blocks, kinds = row_plan(model.config.n_layer, subblocks=bool(subblocks), stride=stride)
     tokens = model.to_tokens(tokens_or_text)
@@ -210,7 +287,7 @@ def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1,
     input_tokens = tokens[positions]
     target_tokens = np.where(positions + 1 < T, tokens[np.minimum(positions + 1, T - 1)], -1)
     cells = LensResult.empty_cells(len(rows), len(positions))
-    cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, cells, final_logits)
+    cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, cells, final_logits, progress=progress)
     return LensResult(
         tokens=tokens, positions=positions, labels=labels, blocks=np.array(blocks, dtype=np.int64),
         kinds=kinds, input_tokens=input_tokens, target_tokens=target_tokens,

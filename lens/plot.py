@@ -1,23 +1,18 @@
 """The logit lens as pictures, drawn like the figures of nostalgebraist's post "interpreting
 GPT: the logit lens" (2020).
 
-One function per view; each takes a `LensResult` and returns a matplotlib `Figure`:
+One function per view; each takes a `LensResult` and returns a matplotlib `Figure`. What each
+view colours its cells by, and on which scale, is in views.py (shared with the HTML viewer):
+logits, probs, ranks, kl, input-kl, input-ranks (the post's views), entropy and target-ranks.
 
-    view          colour of cell (row l, position i)                      colour scale
-    logits        logit that row l gives the final top-1 token at i       5th–95th percentile
-    probs         probability row l gives the final top-1 token           0 … 1
-    ranks         rank of the final top-1 token in row l                  log, 1 … 100 (and beyond)
-    kl            KL(final ‖ row l) in nats                               0 … min(30, max)
-    input_kl      KL(input ‖ row l) in nats                               the same as kl
-    input_ranks   rank of the input token i in row l                      log, 1 … 1000 (and beyond)
-
-Light colours mean "close to the model's final output" (or, for the two input views, close to the
-input). Every figure reads the same way:
+Every figure reads the same way:
 - rows are the lens rows (input at the bottom, the model's output at the top; `top_down=True`
   flips), columns are positions;
-- each cell shows that row's top-1 guess, and is outlined when it equals the final top-1 guess;
-- the bottom axis shows the input tokens, tilted 45°; the top axis the true next tokens, with
-  `*` where the model's final top-1 guess is right (`?` after the last token: unknown);
+- each cell shows that row's top-1 guess, and is outlined in orange when it equals the final
+  top-1 guess (a note under the figure says so);
+- the bottom axis shows the input tokens, tilted 45° (labels of up to 3 characters upright, so
+  that "x" does not read as "+"); the top axis the true next tokens, with `*` where the model's
+  final top-1 guess is right (`?` after the last token: unknown);
 - the colour bar names the quantity and its unit.
 
 A figure's size follows its rows and columns, so that every label stays legible; inputs longer
@@ -38,7 +33,10 @@ import numpy as np
 from minigpt.errors import InputError, MiniGPTError
 from minigpt.files import atomic_write
 
-PLOT_EXTRA = 'pip install "minigpt[plot]"'
+from .views import MISSING_COLOR, OUTLINE_COLOR, OUTLINE_MEANING, STAR_MEANING, VIEWS, View, colorbar_ticks, tilted
+
+# minigpt is not on PyPI (a package of that name there is another project): install from the checkout.
+PLOT_EXTRA = 'run pip install -e ".[plot]" in the minigpt checkout (or pip install matplotlib)'
 FORMATS = ("png", "svg", "pdf")
 MAX_COLUMNS = 30  # positions per figure by default: beyond this, the last MAX_COLUMNS
 
@@ -50,12 +48,9 @@ MARGIN_LEFT, MARGIN_RIGHT = 1.0, 1.5  # row labels; colour bar and its label
 AXIS_LABEL_HEIGHT, TITLE_HEIGHT = 0.4, 0.45  # inches above/below the tilted tick labels
 COLORBAR_WIDTH, COLORBAR_GAP = 0.22, 0.25
 MIN_GRID_HEIGHT = 1.0  # inches: room for the colour bar of a model with few rows
-OUTLINE_COLOR = "#ff7f0e"  # orange: visible on the black and on the white end of every scale
+NOTE_HEIGHT = 0.3  # inches under the bottom axis label: what the outline means
 DPI = 100
-
-KL_CAP = 30.0  # nats: the post cuts its KL scale at 30 "so other distinctions were perceptible"
-RANK_FLOOR = 100  # ranks: colours bottom out at rank 100 ...
-INPUT_RANK_FLOOR = 1000  # ... and at 1000 for the input token, as in the post's addendum
+SCREEN_PIXELS = 3840  # a figure wider than this (a 4K screen) cannot be seen whole anywhere
 
 
 def _matplotlib():
@@ -76,74 +71,13 @@ def require_matplotlib():
     _matplotlib()
 
 
-def _black_blue_white(colors):
-    """Black → blue → white: a perceptually ordered ramp in the spirit of the post's colorcet map
-    (linear_protanopic_deuteranopic_kbw), without depending on colorcet."""
-    ramp = ["#050505", "#10215c", "#2144a8", "#3f74d4", "#86acea", "#cfdcf5", "#fdfdfd"]
-    return colors.LinearSegmentedColormap.from_list("lens_kbw", ramp)
-
-
-# -- the views -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class View:
-    name: str  # as on the command line
-    title: str  # what the colour shows
-    colorbar_label: str  # the quantity and its unit
-    values: Callable  # LensResult -> (R, P) array
-
-
-VIEWS = {
-    "logits": View(
-        "logits", "logit of the final top-1 token",
-        "logit of the final top-1 token (logit units)", lambda r: r.logit_final,
-    ),
-    "probs": View(
-        "probs", "probability of the final top-1 token",
-        "probability of the final top-1 token", lambda r: r.prob_final,
-    ),
-    "ranks": View(
-        "ranks", "rank of the final top-1 token",
-        "rank of the final top-1 token (1 = top, log scale)", lambda r: r.rank_final,
-    ),
-    "kl": View(
-        "kl", "KL(final ‖ row)", "KL(final ‖ row), nats", lambda r: r.kl_final,
-    ),
-    "input-kl": View(
-        "input-kl", "KL(input ‖ row)", "KL(input ‖ row), nats", lambda r: r.kl_input,
-    ),
-    "input-ranks": View(
-        "input-ranks", "rank of the input token",
-        "rank of the input token (1 = top, log scale)", lambda r: r.rank_input,
-    ),
-}
-
-
 def _color_scale(matplotlib, view: View, result, cols):
-    """(colormap, norm, colour-bar extend) of a view, for the shown columns `cols`. Light colours
-    mean close to the final output (to the input, for the two input views), as in the post."""
+    """(colormap, norm, colour-bar extend) of a view's Scale (views.py), for the shown columns."""
     colors = matplotlib.colors
-    blues, kbw = matplotlib.colormaps["Blues"], _black_blue_white(colors)
-    if view.name == "logits":  # the post's code: the 5th to 95th percentile of the shown logits
-        shown = np.asarray(result.logit_final, dtype=np.float64)[:, cols]
-        finite = shown[np.isfinite(shown)]
-        low, high = np.percentile(finite, [5, 95]) if finite.size else (0.0, 1.0)
-        high = high if high > low else low + 1.0
-        return kbw, colors.Normalize(vmin=float(low), vmax=float(high)), "both"
-    if view.name == "probs":
-        return blues.reversed(), colors.Normalize(vmin=0.0, vmax=1.0), "neither"
-    if view.name in ("ranks", "input-ranks"):
-        floor = RANK_FLOOR if view.name == "ranks" else INPUT_RANK_FLOOR
-        return blues, colors.LogNorm(vmin=1, vmax=floor), "max"
-    # kl and input-kl share one scale, so that the two figures compare (as in the post).
-    both = np.concatenate([
-        np.ravel(np.asarray(result.kl_final)[:, cols]), np.ravel(np.asarray(result.kl_input)[:, cols]),
-    ])
-    both = both[np.isfinite(both)]
-    largest = float(both.max()) if both.size else 1.0
-    extend = "max" if largest > KL_CAP else "neither"
-    return kbw.reversed(), colors.Normalize(vmin=0.0, vmax=max(min(KL_CAP, largest), 1e-3)), extend
+    scale = view.scale(result, cols)
+    cmap = colors.LinearSegmentedColormap.from_list(f"lens_{view.name}", scale.ramp)
+    norm = (colors.LogNorm if scale.log else colors.Normalize)(vmin=scale.vmin, vmax=scale.vmax)
+    return cmap, norm, scale.extend
 
 
 # -- drawing ---------------------------------------------------------------------------------
@@ -204,6 +138,13 @@ def describe_positions(positions) -> str:
     return "positions " + ", ".join(map(str, positions))
 
 
+def _upright_short_labels(labels, va):
+    """Short labels upright and centred under (or over) their column, the others tilted."""
+    for label in labels:
+        if not tilted(label.get_text()):
+            label.set(rotation=0, ha="center", va=va)
+
+
 def star_labels(result, cols) -> list:
     """Top-axis labels: the true next token, '* ' in front where the final top-1 guess is right;
     '?' after the text's last token, whose next token is unknown."""
@@ -238,7 +179,7 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
     final_top1 = np.asarray(result.final_top1)[cols]  # (C,)
     n_rows, n_cols = values.shape
     cmap, norm, extend = _color_scale(matplotlib, view, result, cols)
-    cmap = cmap.with_extremes(bad="#bbbbbb")
+    cmap = cmap.with_extremes(bad=MISSING_COLOR)
 
     tokenizer = result.tokenizer
     inputs = [_token_text(tokenizer, result.input_tokens[i], TICK_CHARS) for i in cols]
@@ -246,7 +187,7 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
 
     # The figure's size follows the grid: cells of fixed size, margins that fit the labels.
     grid_w, grid_h = n_cols * CELL_WIDTH, n_rows * CELL_HEIGHT
-    margin_bottom = _tilted_height(inputs, TICK_FONT) + AXIS_LABEL_HEIGHT
+    margin_bottom = _tilted_height(inputs, TICK_FONT) + AXIS_LABEL_HEIGHT + NOTE_HEIGHT
     margin_top = _tilted_height(targets, TICK_FONT) + AXIS_LABEL_HEIGHT + TITLE_HEIGHT
     width = MARGIN_LEFT + grid_w + COLORBAR_GAP + COLORBAR_WIDTH + MARGIN_RIGHT
     height = margin_bottom + max(grid_h, MIN_GRID_HEIGHT) + margin_top
@@ -268,7 +209,7 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
     for r in range(n_rows):
         for c in range(n_cols):
             value = values[r, c]
-            rgba = cmap(norm(value)) if np.isfinite(value) else (0.7, 0.7, 0.7, 1.0)
+            rgba = cmap(norm(value)) if np.isfinite(value) else matplotlib.colors.to_rgba(MISSING_COLOR)
             ax.text(
                 c, r, _token_text(tokenizer, top1[r, c], CELL_CHARS), ha="center", va="center",
                 fontsize=CELL_FONT, color=_text_color(rgba), gid="cell",
@@ -284,29 +225,35 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
     ax.set_yticks(range(n_rows), [str(label) for label in result.labels], fontsize=TICK_FONT)
     ax.set_ylabel("layer", fontsize=LABEL_FONT)
     ax.set_xticks(range(n_cols), inputs, rotation=45, ha="right", rotation_mode="anchor", fontsize=TICK_FONT)
+    _upright_short_labels(ax.get_xticklabels(), va="top")
     ax.set_xlabel(
         f"input token ({describe_positions(result.positions[cols])} of {len(result.tokens)})", fontsize=LABEL_FONT
     )
     ax.tick_params(length=0)
     top = ax.secondary_xaxis("top")
     top.set_xticks(range(n_cols), targets, rotation=45, ha="left", rotation_mode="anchor", fontsize=TICK_FONT)
+    _upright_short_labels(top.get_xticklabels(), va="bottom")
     top.tick_params(length=0)
-    top.set_xlabel("true next token (* = the final top-1 guess is right)", fontsize=LABEL_FONT)
+    top.set_xlabel(f"true next token ({STAR_MEANING})", fontsize=LABEL_FONT)
     for spine in ax.spines.values():
         spine.set_visible(False)
 
     bar = fig.colorbar(image, cax=cax, extend=extend)
     bar.set_label(view.colorbar_label, fontsize=LABEL_FONT)
     bar.ax.tick_params(labelsize=TICK_FONT)
-    if view.name in ("ranks", "input-ranks"):  # 1, 10, 100 (+) rather than 10⁰, 10¹, 10²
-        ticks = [t for t in (1, 10, 100, 1000) if t <= norm.vmax]
-        bar.set_ticks(ticks, labels=[f"{t}+" if t == norm.vmax else str(t) for t in ticks])
+    if isinstance(norm, matplotlib.colors.LogNorm):  # 1, 10, 100 (+) rather than 10⁰, 10¹, 10²
+        ticks = colorbar_ticks(view.scale(result, cols))
+        bar.set_ticks([t for t, _ in ticks], labels=[label for _, label in ticks])
         bar.ax.minorticks_off()
 
     norm_note = "" if result.norm == "ln_f" else f", norm={result.norm}"
     fig.suptitle(
         f"logit lens on {result.model_name}{norm_note}: {view.title}",
         fontsize=TITLE_FONT, x=MARGIN_LEFT / width, ha="left", y=1 - 0.12 / height, va="top",
+    )
+    fig.text(  # what the outline means, under the bottom axis label
+        MARGIN_LEFT / width, 0.08 / height, OUTLINE_MEANING, fontsize=TICK_FONT, color=OUTLINE_COLOR,
+        ha="left", va="bottom", gid="outline-note",
     )
     return fig
 
@@ -356,3 +303,18 @@ def save(fig, path) -> Path:
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     return path
+
+
+def width_pixels(fig) -> int:
+    """How wide a figure is once saved, in pixels."""
+    return round(float(fig.get_size_inches()[0]) * DPI)
+
+
+def entropy(result, **options):
+    """Each row's top-1 guess, coloured by the entropy of the row's distribution (nats)."""
+    return draw(result, "entropy", **options)
+
+
+def target_ranks(result, **options):
+    """Each row's top-1 guess, coloured by the rank of the true next token (log scale to 1000)."""
+    return draw(result, "target-ranks", **options)

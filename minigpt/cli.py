@@ -10,6 +10,7 @@ exit with code 1; `--debug` shows the traceback instead.
 """
 
 import argparse
+import difflib
 import sys
 import warnings
 from importlib.metadata import entry_points
@@ -210,12 +211,30 @@ def build_parser() -> argparse.ArgumentParser:
             print(f"minigpt: warning: command '{plugin.name}' is unavailable ({err})", file=sys.stderr)
             continue
         add(subparsers)
+    for command in subparsers.choices.values():
+        # --debug is a top-level option that users also put after the command (`minigpt lens ... --debug`).
+        # SUPPRESS: unless given here, the top-level value stands.
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks for errors")
+        command.set_defaults(command_parser=command)
     return parser
+
+
+def parse_arguments(parser, argv=None):
+    """The parsed arguments. An option the command does not know is reported with that command's
+    usage (not the top-level one), and the options it most resembles."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = getattr(args, "command_parser", parser)
+        known = [option for option in command._option_string_actions if option.startswith("--")]
+        close = sorted({m for arg in unknown for m in difflib.get_close_matches(arg.split("=")[0], known, n=2)})
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

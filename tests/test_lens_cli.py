@@ -73,10 +73,10 @@ def blocking_env(tmp_path, code):
 
 
 def test_the_table_is_the_lens_of_the_last_positions(checkpoint, model):
-    proc = ok(lens_cli(checkpoint, TEXT))
+    proc = ok(lens_cli(checkpoint, TEXT, env={"COLUMNS": "100"}))
     tokens = model.tokenizer.encode(TEXT)
     result = lens.logit_lens(model, tokens)
-    assert proc.stdout == format_table(result) + "\n"
+    assert proc.stdout == format_table(result, width=100) + "\n"
 
     lines = proc.stdout.splitlines()
     assert all(display_width(line) <= 100 for line in lines)
@@ -86,24 +86,25 @@ def test_the_table_is_the_lens_of_the_last_positions(checkpoint, model):
     for line, row in zip(grid, reversed(range(len(result.labels)))):
         assert line.endswith(cut(model.tokenizer.readable(int(result.top1[row, -1])), 10))
     assert lines[1].startswith("next") and lines[1].endswith("?")  # after the last token: unknown
-    assert lines[-2].startswith("text") and lines[-2].endswith(cut(model.tokenizer.readable(tokens[-1]), 10))
+    (text,) = [line for line in lines if line.startswith("text ")]
+    assert text.endswith(cut(model.tokenizer.readable(tokens[-1]), 10))
 
 
 def test_table_marks_right_guesses_and_flips_top_down(model):
     tokens = list(model.tokenizer.encode(TEXT))
     tokens.append(int(model.logits(tokens)[-1].argmax()))  # the model's own guess: a right one
     result = lens.logit_lens(model, tokens)
-    lines = format_table(result).splitlines()
+    lines = format_table(result, width=100).splitlines()
     assert lines[1].split()[-2] == "*" + cut(model.tokenizer.readable(tokens[-1]), 10)
-    flipped = format_table(result, top_down=True).splitlines()
+    flipped = format_table(result, width=100, top_down=True).splitlines()
     assert flipped[3].startswith("input") and flipped[2 + len(result.labels)].startswith(result.labels[-1])
 
 
 def test_table_fits_a_narrow_width(model):
     result = lens.logit_lens(model, model.tokenizer.encode(TEXT))
     lines = format_table(result, width=40).splitlines()
-    assert all(display_width(line) <= 40 for line in lines[1:-1])
-    assert "positions" in lines[0] or "position" in lines[0]
+    assert all(display_width(line) <= 40 for line in lines)
+    assert "position" in " ".join(lines[:2])
 
 
 def test_top_down_option(checkpoint):
@@ -139,13 +140,13 @@ def test_examples_are_the_posts_texts(checkpoint):
     assert "Specifically, we train GPT-3, an autoregressive language model with 175 billion parameters" in EXAMPLES["gpt3-abstract"]
     assert EXAMPLES["gpt3-abstract"].endswith("We discuss broader societal impacts of this finding and of GPT-3 in general.")
     plasma = ok(lens_cli(checkpoint, "--example", "plasma")).stdout.splitlines()
-    assert plasma[-2].endswith("␣plasma")
+    assert [line for line in plasma if line.startswith("text ")][0].endswith("␣plasma")
     ok(lens_cli(checkpoint, "--example", "repetition", "--window", "--positions", "0:5"))
     # The abstract (373 tokens) is longer than the tiny model's 64 positions: --window keeps the end.
     one_line_error(lens_cli(checkpoint, "--example", "gpt3-abstract"), "longer than the model's context of 64", "--window")
     proc = ok(lens_cli(checkpoint, "--example", "gpt3-abstract", "--window"))
     assert "keeping the last 64" in proc.stderr
-    assert proc.stdout.splitlines()[-2].endswith("␣general.") or proc.stdout.splitlines()[-2].endswith(".")
+    assert [line for line in proc.stdout.splitlines() if line.startswith("text ")][0].endswith(".")
 
 
 def test_example_errors(checkpoint):
@@ -158,7 +159,7 @@ def test_example_errors(checkpoint):
 
 def test_all_views_into_a_folder(checkpoint, tmp_path):
     proc = ok(lens_cli(checkpoint, TEXT, "--view", "all", "--out", tmp_path, "--subblocks"))
-    views = ["logits", "probs", "ranks", "kl", "input-kl", "input-ranks"]
+    views = ["logits", "probs", "ranks", "kl", "input-kl", "input-ranks", "entropy", "target-ranks"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{v}.png" for v in views)
     for view in views:
         assert (tmp_path / f"{view}.png").read_bytes().startswith(b"\x89PNG")
@@ -246,7 +247,10 @@ def test_bad_output_paths(checkpoint, tmp_path):
     one_line_error(lens_cli(checkpoint, TEXT, "--out", tmp_path / "missing" / "a.png"), "does not exist")
     one_line_error(lens_cli(checkpoint, TEXT, "--json", tmp_path / "missing" / "a.json"), "does not exist")
     one_line_error(lens_cli(checkpoint, TEXT, "--out", tmp_path / "a.jpeg"), ".png, .svg or .pdf")
-    one_line_error(lens_cli(checkpoint, TEXT, "--view", "all", "--out", tmp_path / "missing"), "not an existing folder")
+    (tmp_path / "file").write_text("")
+    one_line_error(lens_cli(checkpoint, TEXT, "--view", "all", "--out", tmp_path / "file"), "file is a file")
+    one_line_error(lens_cli(checkpoint, TEXT, "--view", "all", "--out", tmp_path / "file" / "sub"), "cannot make the folder")
+    (tmp_path / "file").unlink()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -279,7 +283,8 @@ def test_missing_matplotlib_names_the_extra(checkpoint, tmp_path):
         sys.modules["matplotlib"] = None  # `import matplotlib` raises ImportError
     """)
     one_line_error(
-        lens_cli(checkpoint, TEXT, "--out", tmp_path / "a.png", env=env), 'pip install "minigpt[plot]"'
+        lens_cli(checkpoint, TEXT, "--out", tmp_path / "a.png", env=env),
+        'run pip install -e ".[plot]" in the minigpt checkout (or pip install matplotlib)',
     )
     assert not (tmp_path / "a.png").exists()
     ok(lens_cli(checkpoint, TEXT, env=env))  # the table needs no matplotlib

@@ -18,6 +18,7 @@ TEXT = "Sometimes, when people say plasma, they mean a state of matter."
 FUNCTIONS = {
     "logits": plot.logits, "probs": plot.probs, "ranks": plot.ranks,
     "kl": plot.kl, "input-kl": plot.input_kl, "input-ranks": plot.input_ranks,
+    "entropy": plot.entropy, "target-ranks": plot.target_ranks,
 }
 COLORBAR_LABELS = {
     "logits": "logit of the final top-1 token (logit units)",
@@ -26,6 +27,8 @@ COLORBAR_LABELS = {
     "kl": "KL(final ‖ row), nats",
     "input-kl": "KL(input ‖ row), nats",
     "input-ranks": "rank of the input token (1 = top, log scale)",
+    "entropy": "entropy of the row's distribution, nats (0 … log V)",
+    "target-ranks": "rank of the true next token (1 = top, log scale)",
 }
 
 
@@ -124,13 +127,15 @@ def test_every_view_says_what_the_lens_computed(view, result, figures):
     assert outlined_cells(fig) == expected
     assert {(c, n_rows - 1) for c in range(n_cols)} <= expected
 
-    # Bottom axis: the input tokens, tilted 45°; left axis: the lens rows, input at the bottom.
+    # Bottom axis: the input tokens, tilted 45° (short ones upright); left axis: the lens rows,
+    # input at the bottom.
     ax = grid_axes(fig)
     bottom = ax.get_xticklabels()
     assert [t.get_text() for t in bottom] == [
         expected_text(tokenizer, t, plot.TICK_CHARS) for t in result.input_tokens
     ]
-    assert all(t.get_rotation() == 45 for t in bottom)
+    assert all(t.get_rotation() == (45 if len(t.get_text()) > 3 else 0) for t in bottom)
+    assert any(t.get_rotation() == 45 for t in bottom)
     assert [t.get_text() for t in ax.get_yticklabels()] == list(result.labels)
     assert ax.get_ylabel() == "layer"
     assert ax.get_ylim()[0] < ax.get_ylim()[1]  # row 0 (input) at the bottom
@@ -147,9 +152,12 @@ def test_every_view_says_what_the_lens_computed(view, result, figures):
     assert sum(label.startswith("* ") for label in labels) >= 4  # the greedy continuation
     assert "true next token" in top.get_xlabel()
 
-    # Colour bar with units; the title names the model and the view.
+    # Colour bar with units; the title names the model and the view; a note says what the
+    # outline means.
     assert colorbar_axes(fig).get_ylabel() == COLORBAR_LABELS[view]
     assert result.model_name in fig.texts[0].get_text()
+    (note,) = [t for t in fig.texts if t.get_gid() == "outline-note"]
+    assert note.get_text() == "orange outline: the row's top-1 guess is the model's final top-1 guess"
 
 
 def test_colours_are_the_views_quantities(result, figures):
@@ -161,10 +169,14 @@ def test_colours_are_the_views_quantities(result, figures):
     expected = {
         "logits": result.logit_final, "probs": result.prob_final, "ranks": result.rank_final,
         "kl": result.kl_final, "input-kl": result.kl_input, "input-ranks": result.rank_input,
+        "entropy": result.entropy, "target-ranks": np.where(result.rank_target < 1, np.nan, result.rank_target),
     }
     images = {view: image(fig) for view, fig in figures.items()}
     for view, im in images.items():
         np.testing.assert_allclose(np.ma.getdata(im.get_array()), expected[view], rtol=1e-6)
+    # The rank of the token after the text's last one is undefined: a masked (grey) cell.
+    assert np.ma.getmaskarray(images["target-ranks"].get_array())[:, -1].all()
+    assert (images["entropy"].norm.vmin, images["entropy"].norm.vmax) == pytest.approx((0, np.log(50257)))
     assert (images["probs"].norm.vmin, images["probs"].norm.vmax) == (0.0, 1.0)
     assert isinstance(images["ranks"].norm, matplotlib.colors.LogNorm) and images["ranks"].norm.vmax == 100
     assert isinstance(images["input-ranks"].norm, matplotlib.colors.LogNorm) and images["input-ranks"].norm.vmax == 1000
@@ -253,7 +265,29 @@ def test_unknown_view(result):
         plot.draw(result, "bananas")
 
 
-def test_missing_matplotlib_names_the_extra(result, monkeypatch):
+def test_missing_matplotlib_says_what_to_run_in_the_checkout(result, monkeypatch):
+    """Not `pip install minigpt[plot]`: the minigpt on PyPI is another project."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
-    with pytest.raises(MiniGPTError, match=r'pip install "minigpt\[plot\]"'):
+    with pytest.raises(MiniGPTError) as caught:
         plot.logits(result)
+    assert str(caught.value) == ('figures need matplotlib, which is not installed: run pip install -e ".[plot]" '
+                                 'in the minigpt checkout (or pip install matplotlib)')
+
+
+def test_short_tilted_labels_stand_upright(model):
+    """Tilted by 45°, "x" reads as "+" and "," or "." as quotes: labels of up to 3 characters
+    stand upright, centred on their column; longer ones are tilted."""
+    tokens = model.tokenizer.encode(" x, y. and x")
+    result = lens.logit_lens(model, tokens)
+    fig = plot.logits(result)
+    labels = {t.get_text(): t for t in grid_axes(fig).get_xticklabels()}
+    for short in ("␣x", ",", "␣y", "."):
+        assert (labels[short].get_rotation(), labels[short].get_ha()) == (0, "center"), short
+    assert labels["␣and"].get_rotation() == 45
+    for label in top_axis(fig).get_xticklabels():
+        assert label.get_rotation() == (45 if len(label.get_text()) > 3 else 0)
+
+
+def test_width_in_pixels(result):
+    fig = plot.logits(result)
+    assert plot.width_pixels(fig) == round(fig.get_size_inches()[0] * plot.DPI)
