@@ -219,3 +219,24 @@ def test_a_screenshot(page, tmp_path_factory):
     assert page.get_screenshot_as_file(str(path))
     assert path.read_bytes().startswith(b"\x89PNG")
     print(f"screenshot: {path}")
+
+
+def test_in_a_notebook_the_iframe_runs_the_viewer(browser, result, tmp_path):
+    """What Jupyter does with _repr_html_: put it in the page. The viewer runs in its iframe."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "notebook.html"
+    page.write_text(f"<!DOCTYPE html><html><body><p>In [1]: result</p>{result._repr_html_()}"
+                    f"{result._repr_html_()}</body></html>", encoding="utf-8")
+    browser.get(page.as_uri())
+    frames = browser.find_elements(By.TAG_NAME, "iframe")
+    assert len(frames) == 2  # two results shown at once do not interfere
+    browser.switch_to.frame(frames[1])
+    try:
+        cells = browser.find_elements(By.CSS_SELECTOR, ".cell[data-row][data-pos]")
+        assert len(cells) == result.top1.size
+        ActionChains(browser).move_to_element(cells[0]).perform()
+        assert tooltip(browser).is_displayed() and tooltip(browser).find_elements(By.CSS_SELECTOR, ".topk-token")
+    finally:
+        browser.switch_to.default_content()
