@@ -1,13 +1,9 @@
 """The HTML viewer (lens/html.py): what the file holds, and what it does in a real browser.
 
-The browser tests drive Debian's headless chromium through its chromedriver (.ci/run installs
-both; selenium is pointed at them, so nothing is downloaded). They are skipped, saying why, only
-where chromium is not installed."""
+The browser tests use conftest's `browser`: Debian's headless chromium through its chromedriver."""
 
 import json
 import re
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -19,12 +15,6 @@ from lens.views import VIEWS
 from minigpt.errors import InputError
 
 TEXT = "Sometimes, when people say plasma, they mean a state of matter. x, y."
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-# Flags this machine needs (docs of the workplace): no sandbox as root, no background networking.
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
-)
 
 
 @pytest.fixture(scope="module")
@@ -101,26 +91,6 @@ def test_unknown_view_and_a_notebook_iframe(result):
 
 
 # -- in a browser ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver; .ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
