@@ -28,11 +28,12 @@ import numpy as np
 from minigpt.cli import add_model_argument, add_text_arguments, load_model, read_text
 from minigpt.errors import InputError, MiniGPTError
 from minigpt.files import atomic_write, check_output_path
+from minigpt.tokenizer import check_text
 
-from .decode import NORMS
+from .decode import NORMS, check_norm
 from .examples import EXAMPLES
-from .lens import select_positions
-from .plot import FORMATS, MAX_COLUMNS, VIEWS, describe_positions
+from .lens import check_stride, select_positions
+from .plot import FORMATS, MAX_COLUMNS, VIEWS, describe_positions, figure_format
 
 TABLE_WIDTH = 100  # characters the terminal table fits in when the terminal's width is unknown
 HTML_TOP_K = 10  # tokens the viewer's tooltips list, unless --top-k says otherwise
@@ -103,10 +104,7 @@ def lens_text(args) -> str:
         if args.text is not None or args.file is not None:
             raise InputError("give either --example or a text (TEXT, '-' or --file), not both")
         return EXAMPLES[args.example]
-    text = read_text(args)
-    if text == "":
-        raise InputError("text is empty: give at least one character")
-    return text
+    return check_text(read_text(args))
 
 
 def parse_stride(value: str) -> int:
@@ -114,9 +112,7 @@ def parse_stride(value: str) -> int:
         stride = int(value)
     except ValueError:
         raise InputError(f"--stride must be a whole number, found {value!r}") from None
-    if stride < 1:
-        raise InputError(f"--stride must be at least 1, found {stride}")
-    return stride
+    return check_stride(stride, name="--stride")
 
 
 def parse_top_k(value):
@@ -193,8 +189,7 @@ def check_folder_to_make(folder: Path) -> None:
 
 def check_outputs(args) -> None:
     """Refuse a bad --view, --out, --html or --json before any work (loading gpt2-xl takes a while)."""
-    if args.norm not in NORMS:
-        raise InputError(f"unknown --norm {args.norm!r}: choose one of {', '.join(NORMS)}")
+    check_norm(args.norm, name="--norm")
     if args.view != "all" and args.view not in VIEWS:
         raise InputError(f"unknown view {args.view!r}: choose one of {', '.join(VIEWS)}, all")
     if args.view == "all" and args.html is not None and args.out is None:
@@ -204,9 +199,7 @@ def check_outputs(args) -> None:
             check_folder_to_make(Path(args.out))
         else:
             check_output_path(args.out)
-            suffix = Path(args.out).suffix.lower().lstrip(".")
-            if suffix not in FORMATS:
-                raise InputError(f"cannot tell the figure format of {args.out}: end the name with .png, .svg or .pdf")
+            figure_format(args.out)
     for path in (args.json, args.html):
         if path is not None and path != "-":
             check_output_path(path)

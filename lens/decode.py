@@ -14,9 +14,10 @@ from minigpt.gpt2 import normalize
 NORMS = ("ln_f", "normalize", "none")
 
 
-def check_norm(norm):
+def check_norm(norm, name="norm"):
+    """`norm` is one of NORMS; else an InputError naming `name` (the option, in the CLI)."""
     if not isinstance(norm, str) or norm not in NORMS:
-        raise InputError(f"norm must be one of {', '.join(map(repr, NORMS))}, found {norm!r}")
+        raise InputError(f"unknown {name} {norm!r}: choose one of {', '.join(NORMS)}")
     return norm
 
 
@@ -25,12 +26,13 @@ def apply_norm(model, resid, norm="ln_f"):
     ln_f:      LayerNorm with ln_f's learned gain and bias (what the model does to its output)
     normalize: (x - mean) / sqrt(var + eps), no gain, no bias
     none:      x unchanged"""
-    check_norm(norm)
     if norm == "ln_f":
         return model.final_norm(resid)
     if norm == "normalize":
         return normalize(resid, model.config.layer_norm_epsilon)
-    return resid
+    if norm == "none":
+        return resid
+    check_norm(norm)  # raises: any other value is refused
 
 
 def decode(model, resid, norm="ln_f", out=None):

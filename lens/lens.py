@@ -7,12 +7,13 @@
     decode(row) = norm(resid) @ W_U, with norm = ln_f (default), normalize or none.
 
 The per-cell statistics are computed in chunks (cells.py) so that no more than a few rows'
-vocabulary distributions exist at any time. Every formula is in docs/lens-math.md.
+vocabulary distributions exist at any time; their formulas are formulas.py, derived in
+docs/lens-math.md.
 """
 
 import operator
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -25,13 +26,18 @@ from .decode import NORMS, apply_norm, check_norm, decode  # noqa: F401  (re-exp
 # -- which rows and positions ---------------------------------------------------------------
 
 
+def check_stride(stride, name="stride") -> int:
+    """`stride` is an integer >= 1; else an InputError naming `name` (the option, in the CLI)."""
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
+        raise InputError(f"{name} must be an integer >= 1, found {stride!r}")
+    if stride < 1:
+        raise InputError(f"{name} must be at least 1, found {stride}")
+    return int(stride)
+
+
 def kept_blocks(n_layer, stride):
     """Blocks 0, stride, 2*stride, ... and always the last one, n_layer - 1."""
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
-        raise InputError(f"stride must be an integer >= 1, found {stride!r}")
-    if stride < 1:
-        raise InputError(f"stride must be >= 1, found {stride}")
-    blocks = list(range(0, n_layer, int(stride)))
+    blocks = list(range(0, n_layer, check_stride(stride)))
     if blocks[-1] != n_layer - 1:
         blocks.append(n_layer - 1)
     return blocks
@@ -90,6 +96,11 @@ def select_positions(positions, T):
 # -- the result -----------------------------------------------------------------------------
 
 
+def cell(dtype, undefined=None):
+    """A per-cell field of LensResult: an (R, P) array of `dtype`."""
+    return field(metadata={"cell": (np.dtype(dtype), undefined)})
+
+
 @dataclass(repr=False)
 class LensResult:
     """The logit lens of one text: per-cell arrays of shape (R rows, P positions).
@@ -103,18 +114,20 @@ class LensResult:
     input_tokens: np.ndarray  # (P,) int64 = tokens[positions]
     target_tokens: np.ndarray  # (P,) int64 = tokens[positions + 1], -1 at the text's last token
     final_top1: np.ndarray  # (P,) int64: the last row's top-1 (with norm ln_f, the model's own guess)
-    top1: np.ndarray  # (R, P) int64
-    top1_logit: np.ndarray  # (R, P) float32
-    top1_prob: np.ndarray  # (R, P) float32
-    rank_final: np.ndarray  # (R, P) int64: rank of final_top1, 1 = most likely
-    logit_final: np.ndarray  # (R, P) float32
-    prob_final: np.ndarray  # (R, P) float32
-    rank_input: np.ndarray  # (R, P) int64: rank of input_tokens
-    rank_target: np.ndarray  # (R, P) int64: rank of target_tokens, -1 where undefined
-    logprob_target: np.ndarray  # (R, P) float64: NaN where undefined
-    kl_final: np.ndarray  # (R, P) float64: KL(final || row), nats
-    kl_input: np.ndarray  # (R, P) float64: KL(input || row), nats
-    entropy: np.ndarray  # (R, P) float64: nats
+    # The per-cell arrays, (R, P) each, filled by cells.py (`cell`: their dtype, and the value
+    # where a cell is undefined):
+    top1: np.ndarray = cell(np.int64)
+    top1_logit: np.ndarray = cell(np.float32)
+    top1_prob: np.ndarray = cell(np.float32)
+    rank_final: np.ndarray = cell(np.int64)  # rank of final_top1, 1 = most likely
+    logit_final: np.ndarray = cell(np.float32)
+    prob_final: np.ndarray = cell(np.float32)
+    rank_input: np.ndarray = cell(np.int64)  # rank of input_tokens
+    rank_target: np.ndarray = cell(np.int64, undefined=-1)  # rank of target_tokens, -1 where undefined
+    logprob_target: np.ndarray = cell(np.float64, undefined=np.nan)  # NaN where undefined
+    kl_final: np.ndarray = cell(np.float64)  # KL(final || row), nats
+    kl_input: np.ndarray = cell(np.float64)  # KL(input || row), nats
+    entropy: np.ndarray = cell(np.float64)  # nats
     norm: str
     model_name: str
     tokenizer: object = None
@@ -122,10 +135,16 @@ class LensResult:
     _rows: list = field(default=None, compare=False)  # R residual arrays (T, d), for topk
     _topk: dict = field(default_factory=dict, compare=False)  # k -> (ids, probs), computed once
 
-    CELL_FIELDS = (
-        "top1", "top1_logit", "top1_prob", "rank_final", "logit_final", "prob_final", "rank_input",
-        "rank_target", "logprob_target", "kl_final", "kl_input", "entropy",
-    )
+    @classmethod
+    def empty_cells(cls, R, P) -> dict:
+        """{name: (R, P) array} for every per-cell field, holding its `undefined` value (or
+        uninitialised, for the fields every cell defines)."""
+        cells = {}
+        for f in fields(cls):
+            if "cell" in f.metadata:
+                dtype, undefined = f.metadata["cell"]
+                cells[f.name] = np.empty((R, P), dtype) if undefined is None else np.full((R, P), undefined, dtype)
+        return cells
 
     @property
     def vocab_size(self):
@@ -219,6 +238,9 @@ class LensResult:
         return notebook_html(self)
 
 
+LensResult.CELL_FIELDS = tuple(f.name for f in fields(LensResult) if "cell" in f.metadata)
+
+
 def _json_ready(array):
     """Nested lists of Python numbers; NaN (the undefined log-probabilities) becomes None."""
     if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
@@ -264,11 +286,11 @@ def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1,
 
     input_tokens = tokens[positions]
     target_tokens = np.where(positions + 1 < T, tokens[np.minimum(positions + 1, T - 1)], -1)
-    stats = cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, final_logits,
-                            progress=progress)
+    cells = LensResult.empty_cells(len(rows), len(positions))
+    cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, cells, final_logits, progress=progress)
     return LensResult(
         tokens=tokens, positions=positions, labels=labels, blocks=np.array(blocks, dtype=np.int64),
         kinds=kinds, input_tokens=input_tokens, target_tokens=target_tokens,
-        final_top1=stats["top1"][-1].copy(), **stats,
+        final_top1=cells["top1"][-1].copy(), **cells,
         norm=norm, model_name=model.name, tokenizer=model.tokenizer, _model=model, _rows=rows,
     )

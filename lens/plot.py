@@ -288,12 +288,18 @@ def input_ranks(result, **options):
     return draw(result, "input-ranks", **options)
 
 
+def figure_format(path) -> str:
+    """The format a figure's file name asks for (its extension: png, svg or pdf)."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise InputError(f"cannot tell the figure format of {path}: end the name with .png, .svg or .pdf")
+    return fmt
+
+
 def save(fig, path) -> Path:
     """Write a figure to `path`, in the format its extension names (png, svg, pdf), atomically."""
     path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise InputError(f"cannot tell the figure format of {path}: end the name with .png, .svg or .pdf")
+    fmt = figure_format(path)
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     return path

@@ -35,10 +35,10 @@ def load(source, *, dtype=np.float32, revision=None, local_files_only=False) -> 
     `dtype=np.float64` converts every weight, for auditing numerical error; float32 weights are
     otherwise memory-mapped from the file, not copied.
     """
-    from .hub import resolve
+    from .hub import checkpoint_folder
 
     dtype = check_dtype(dtype)  # before any download
-    directory = resolve(source, revision=revision, local_files_only=local_files_only)
+    directory = checkpoint_folder(source, revision=revision, local_files_only=local_files_only)
     model = GPT2.from_directory(directory, dtype=dtype)
     if directory != Path(source).expanduser():  # from the cache: a snapshot folder named by commit
         model.name = str(source)

@@ -16,9 +16,10 @@ the same derivation.
 import numpy as np
 
 from .gpt2 import GELU_SCALE, merge_heads, normalize, split_heads
-from .rowwise import in_row_blocks
+from .parallel import N_THREADS, in_threads
 
 GELU_CUBIC = 0.044715
+ROWS_PER_BLOCK = 4  # rows of logits per block of cross_entropy_backward: 4 x 50257 floats stay in cache
 
 
 def embed_backward(dx, tokens, vocab_size):
@@ -163,6 +164,8 @@ def cross_entropy_backward(logits, targets):
         x *= 1.0 / (s * n)
         logsumexp[block] = (m + np.log(s))[:, 0]
 
-    in_row_blocks(softmax_over_n, n)
+    blocks = [slice(start, start + ROWS_PER_BLOCK) for start in range(0, n, ROWS_PER_BLOCK)]
+    in_threads(lambda share: [softmax_over_n(block) for block in share],
+               [blocks[i::N_THREADS] for i in range(min(N_THREADS, len(blocks)))])
     logits[rows, targets] -= 1.0 / n
     return float(np.mean(logsumexp - target_logits)), logits

@@ -98,9 +98,9 @@ def add_info(subparsers):
                         "owner/name (only its config.json is read: cached, or downloaded alone)")
 
     def run(args):
-        from .info import report, resolve
+        from .info import find_config, report
 
-        name, config, tied = resolve(args.model)
+        name, config, tied = find_config(args.model)
         sys.stdout.write(report(name, config, tied))
         return 0
 

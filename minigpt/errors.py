@@ -18,6 +18,10 @@ class NonFiniteError(CheckpointError):
     weights there that hold non-finite values (or says the values overflowed)."""
 
 
+class TokenizerError(MiniGPTError):
+    """vocab.json or merges.txt is unreadable, malformed, or does not match the other."""
+
+
 class InputError(MiniGPTError, ValueError):
     """A text, a token sequence or an argument that the model cannot take."""
 

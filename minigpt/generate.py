@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import InputError, NonFiniteError
 from .gpt2 import block, embed, layer_norm, unembed
+from .tokenizer import check_text
 
 STOP_MAX_NEW_TOKENS = "max_new_tokens"  # made as many tokens as asked
 STOP_EOS = "eos"  # the model wrote <|endoftext|> (the last token returned)
@@ -185,8 +186,8 @@ def check_arguments(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos
 
 def prompt_tokens(model, tokens_or_text) -> np.ndarray:
     """The prompt as checked token ids, with room after it for at least one new token."""
-    if isinstance(tokens_or_text, str) and not tokens_or_text:
-        raise InputError("prompt is empty: give at least one character")
+    if isinstance(tokens_or_text, str):
+        check_text(tokens_or_text, "prompt")  # not "prompt: text is empty"
     try:
         tokens = model.to_tokens(tokens_or_text)
     except InputError as err:

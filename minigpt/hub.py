@@ -1,8 +1,8 @@
 """Models by name: a local folder as it is, or a HuggingFace hub repository through its cache.
 
-    resolve("weights/gpt2")                 the folder itself
-    resolve("gpt2-xl")                      openai-community/gpt2-xl, from the HuggingFace cache
-    resolve("owner/name", revision="v1")    that repository at a branch, tag or commit
+    checkpoint_folder("weights/gpt2")                 the folder itself
+    checkpoint_folder("gpt2-xl")                      openai-community/gpt2-xl, from the HuggingFace cache
+    checkpoint_folder("owner/name", revision="v1")    that repository at a branch, tag or commit
 
 The cache is huggingface_hub's own (`HF_HOME`, default ~/.cache/huggingface; or `HF_HUB_CACHE`),
 the one transformers uses: a model it has downloaded is found here and not downloaded again.
@@ -80,7 +80,7 @@ def looks_like_path(text: str) -> bool:
     return "/" in text and Path(text.split("/")[0]).is_dir()
 
 
-def resolve(source, *, revision=None, local_files_only=False) -> Path:
+def checkpoint_folder(source, *, revision=None, local_files_only=False) -> Path:
     """The local folder holding the checkpoint that `source` names: an existing folder, an official
     name (gpt2 ... gpt2-xl) or a hub id owner/name, fetched through the HuggingFace cache."""
     text = os.fspath(source)
@@ -188,6 +188,18 @@ def download_snapshot(repo_id, revision, name) -> Path:
     if missing:
         raise HubError(f"{repo_id} on the hub lacks {missing[0]}, a shard its index names")
     return folder
+
+
+def fetch_config(repo_id) -> Path:
+    """config.json of a hub repository: the cached copy, else only that file from the hub (a few
+    hundred bytes, never the weights)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, CONFIG)
+    if isinstance(cached, str):
+        return Path(cached)
+    with _hub_errors(repo_id, repo_id, None):
+        return Path(hf_hub_download(repo_id, CONFIG))
 
 
 def _hub_offline() -> bool:

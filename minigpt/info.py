@@ -56,7 +56,7 @@ def architecture(config: Config) -> list:
 # -- where a config comes from ----------------------------------------------------------------
 
 
-def resolve(name_or_dir) -> tuple:
+def find_config(name_or_dir) -> tuple:
     """(display name, Config, tied) for what `minigpt info` was given:
     - an official name (gpt2 ... gpt2-xl, or openai-community/<name>): its known config, no files;
     - an existing folder: its config.json;
@@ -71,27 +71,14 @@ def resolve(name_or_dir) -> tuple:
         return official, OFFICIAL[official], True
     if path.exists():
         raise ConfigError(f"{source} is not a folder (expected a checkpoint folder holding config.json)")
-    from .hub import hub_repo_id
+    from .hub import fetch_config, hub_repo_id
 
     repo_id = hub_repo_id(source)
     if repo_id is None:
         names = ", ".join(OFFICIAL)
         raise ConfigError(f"{source!r} is neither an official model name ({names}), nor a folder, nor a hub id owner/name")
-    config_path = hub_config(repo_id)
+    config_path = fetch_config(repo_id)
     return source, read_config(config_path), _tied(config_path)
-
-
-def hub_config(repo_id) -> Path:
-    """config.json of a hub repository: the cached copy, else only that file from the hub."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    from .hub import _hub_errors
-
-    cached = try_to_load_from_cache(repo_id, "config.json")
-    if isinstance(cached, str):
-        return Path(cached)
-    with _hub_errors(repo_id, repo_id, None):
-        return Path(hf_hub_download(repo_id, "config.json"))
 
 
 def _tied(config_path: Path) -> bool:

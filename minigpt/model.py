@@ -14,7 +14,7 @@ from .config import Config, read_config
 from .diagnose import locate_nonfinite
 from .errors import InputError, NonFiniteError
 from .generate import TokenStream, generate
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, check_text
 
 
 @dataclass
@@ -57,8 +57,7 @@ class GPT2:
     def to_tokens(self, tokens_or_text) -> np.ndarray:
         """Token ids as a checked (T,) int64 array, from a text or from ids."""
         if isinstance(tokens_or_text, str):
-            if not tokens_or_text:
-                raise InputError("text is empty: give at least one character")
+            check_text(tokens_or_text)
             self.check_text_fits(tokens_or_text)
             tokens = np.asarray(self.tokenizer.encode(tokens_or_text), dtype=np.int64)
         else:

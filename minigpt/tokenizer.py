@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from .errors import InputError, MiniGPTError
+from .errors import InputError, TokenizerError  # noqa: F401  (TokenizerError: raised here, importable from here)
 
 DATA = Path(__file__).parent / "data"
 OFFICIAL_SHA256 = {
@@ -30,8 +30,12 @@ EOT = "<|endoftext|>"
 PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-class TokenizerError(MiniGPTError):
-    pass
+def check_text(text: str, what: str = "text") -> str:
+    """A text to tokenize holds at least one character: an empty one has no position to
+    predict from. `what` names it in the message ("text", "prompt")."""
+    if not text:
+        raise InputError(f"{what} is empty: give at least one character")
+    return text
 
 
 def bytes_to_unicode() -> dict:

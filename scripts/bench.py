@@ -111,15 +111,12 @@ def lens_rows(model, tokens):
 
 def minigpt_lens_products(model, rows):
     """The lens's product phase alone (timed without the forward pass that made `rows`): every
-    row decoded at every position, in the lens's own chunks and buffer, (rows x chunk, d) @ (d, V).
+    row decoded at every position by the lens's own loop (its chunks and buffer),
+    (rows x chunk, d) @ (d, V), with nothing computed from the logits.
     Returns the number of rows decoded."""
-    from lens.cells import THREADS, decode_chunk, positions_per_chunk
+    from lens.cells import decode_chunks
 
-    positions = np.arange(len(rows[0]))
-    per_chunk = positions_per_chunk(len(rows), len(positions), THREADS)
-    buffer = np.empty(len(rows) * per_chunk * model.config.vocab_size, dtype=model.dtype)
-    for start in range(0, len(positions), per_chunk):
-        decode_chunk(model, rows, positions[start:start + per_chunk], "ln_f", buffer)
+    decode_chunks(model, rows, np.arange(len(rows[0])), "ln_f")
     return len(rows)
 
 

@@ -9,7 +9,7 @@ import pytest
 from minigpt.config import OFFICIAL, Config, config_from_dict
 from minigpt.errors import ConfigError
 from minigpt.info import (
-    FLOAT32_BYTES, block_components, params_by_kind, report, resolve, total_params,
+    FLOAT32_BYTES, block_components, find_config, params_by_kind, report, total_params,
 )
 from tests.conftest import run_cli
 
@@ -72,7 +72,7 @@ def test_untied_unembedding_counts_lm_head(tmp_path):
     hf_config = GPT2Config(**raw)
     expected = GPT2LMHeadModel(hf_config).num_parameters()
     hf_config.to_json_file(str(tmp_path / "config.json"))
-    name, config, tied = resolve(tmp_path)
+    name, config, tied = find_config(tmp_path)
     assert not tied
     assert total_params(config, tied) == expected == total_params(config) + 50 * 8
     assert "lm_head" in report(name, config, tied)
@@ -82,19 +82,19 @@ def test_resolve_prefers_a_folder_and_reads_its_config(tmp_path):
     folder = tmp_path / "gpt2"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(dict(n_layer=3, n_head=2, n_embd=8, n_positions=16, vocab_size=50)))
-    name, config, tied = resolve(folder)
+    name, config, tied = find_config(folder)
     assert (name, config.n_layer, tied) == ("gpt2", 3, True)
-    assert resolve("openai-community/gpt2-xl")[1] == OFFICIAL["gpt2-xl"]
+    assert find_config("openai-community/gpt2-xl")[1] == OFFICIAL["gpt2-xl"]
 
 
 def test_resolve_errors(tmp_path):
     with pytest.raises(ConfigError, match="neither an official model name"):
-        resolve("gpt2-xxl")
+        find_config("gpt2-xxl")
     with pytest.raises(ConfigError, match="config file not found"):
-        resolve(tmp_path)
+        find_config(tmp_path)
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(ConfigError, match="is not a folder"):
-        resolve(tmp_path / "file.txt")
+        find_config(tmp_path / "file.txt")
 
 
 def test_report_has_every_figure():

@@ -1,15 +1,15 @@
-"""Element-wise steps on every core, in cache-sized blocks.
+"""The package's one thread pool, and steps run on every core in cache-sized blocks of rows.
 
 NumPy runs a matrix product on every core (BLAS), but an element-wise step (LayerNorm, GELU,
-softmax) on one, and a step of several passes (GELU: 8) streams its whole array through
-memory once per pass. In these steps every row (the last axis) is computed on its own, so
-`@rowwise` cuts the input into blocks of rows of about BLOCK_ELEMENTS values (256 KB of
-float32: each pass then runs in the core's cache) and hands the blocks to one thread per core.
-NumPy's ufuncs release the GIL, so the threads run in parallel. The step itself stays the
-plain formula; small inputs (one token while generating) skip all this.
+softmax, the lens's reductions) on one. NumPy's ufuncs release the GIL, so threads computing
+different rows run in parallel: `in_threads` spreads shares of work over the pool (one thread
+per core; the calling thread takes a share too). Work running in the pool must not itself wait
+on the pool.
 
-A step decorated here must not call another decorated step (its blocks already run in the
-pool's threads).
+`rowwise` does this for a step whose every row (the last axis) is computed on its own: it cuts
+the input into blocks of rows of about BLOCK_ELEMENTS values (256 KB of float32: each of the
+step's passes then runs in the core's cache) and hands the blocks to the pool. The step itself
+stays the plain formula; small inputs (one token while generating) skip all this.
 """
 
 import functools
@@ -28,25 +28,16 @@ _pool = None
 def _executor():
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=N_THREADS, thread_name_prefix="minigpt-rowwise")
+        _pool = ThreadPoolExecutor(max_workers=N_THREADS, thread_name_prefix="minigpt")
     return _pool
 
 
-def in_row_blocks(task, n_rows, rows_per_block=4):
-    """Call task(slice(start, stop)) for consecutive blocks of rows 0 .. n_rows-1, the blocks
-    shared out among every core (interleaved: equal work per thread). The task writes its
-    results itself; blocks never overlap."""
-    blocks = [slice(start, min(start + rows_per_block, n_rows)) for start in range(0, n_rows, rows_per_block)]
-
-    def run(share):
-        for block in share:
-            task(block)
-
-    shares = [blocks[i::N_THREADS] for i in range(N_THREADS)]
-    futures = [_executor().submit(run, share) for share in shares[1:] if share]
-    run(shares[0])  # this thread takes a share too
-    for future in futures:
-        future.result()
+def in_threads(work, shares) -> list:
+    """[work(share) for share in shares], the first share in this thread and the others in the
+    pool at the same time."""
+    futures = [_executor().submit(work, share) for share in shares[1:]]
+    results = [work(shares[0])] if shares else []
+    return results + [future.result() for future in futures]
 
 
 def rowwise(step):
@@ -78,10 +69,7 @@ def rowwise(step):
 
         n_threads = N_THREADS if x.size >= THREADED_ELEMENTS else 1
         shares = [starts[i::n_threads] for i in range(n_threads)]  # interleaved: equal work per thread
-        futures = [_executor().submit(run, share) for share in shares[1:] if len(share)]
-        run(shares[0])  # this thread takes a share too
-        for future in futures:
-            future.result()
+        in_threads(run, [share for share in shares if len(share)])
         return result
 
     return blocked

@@ -4,7 +4,7 @@ exactly those of the plain formula on the whole array."""
 import numpy as np
 import pytest
 
-from minigpt import gpt2, rowwise
+from minigpt import gpt2, parallel as rowwise
 
 
 @pytest.fixture
