@@ -473,6 +473,9 @@ def train(s: Settings, resume=False, save_seconds=300.0, progress=True):
     if resume:
         params, m, v, step, extra = load_state(out, params)
         elapsed = extra["elapsed"]
+        if extra.get("data", Path(train_tokens.filename).stem) != Path(train_tokens.filename).stem:
+            print(f"minigpt: note: the training data changed since step {step} was saved: the run goes on "
+                  f"with the new text (its batches differ from the uninterrupted run's)", file=sys.stderr)
     else:
         with atomic_write(out / SETTINGS_FILE, "w", encoding="utf-8") as f:
             json.dump(asdict(s), f, indent=2)
@@ -487,7 +490,8 @@ def train(s: Settings, resume=False, save_seconds=300.0, progress=True):
     def save():
         nonlocal saved_step, last_save
         save_model(out, params, config, tokenizer)
-        save_state(out, params, m, v, step, {"elapsed": elapsed, "tokens": step * tokens_per_step})
+        save_state(out, params, m, v, step, {"elapsed": elapsed, "tokens": step * tokens_per_step,
+                                             "data": Path(train_tokens.filename).stem})
         saved_step, last_save = step, time.monotonic()
 
     if not resume:
