@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minigpt.errors import InputError
 from minigpt.files import atomic_write
 
 from .views import MISSING_COLOR, OUTLINE_COLOR, OUTLINE_MEANING, STAR_MEANING, UPRIGHT_CHARS, VIEWS, colorbar_ticks
@@ -129,8 +130,6 @@ def _script_json(data) -> str:
 def to_html(result, *, top_k=TOP_K, top_down=False, view="logits", title=None) -> str:
     """The viewer of a LensResult as one HTML document (a str)."""
     if view not in VIEWS:
-        from minigpt.errors import InputError
-
         raise InputError(f"unknown view {view!r}: choose one of {', '.join(VIEWS)}")
     norm_note = "" if result.norm == "ln_f" else f", norm={result.norm}"
     title = title or f"logit lens on {result.model_name}{norm_note}"
