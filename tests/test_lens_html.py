@@ -191,6 +191,14 @@ def test_a_screenshot(page, tmp_path_factory):
     print(f"screenshot: {path}")
 
 
+def test_rows_bottom_to_top_or_top_down(browser, result, tmp_path):
+    """The output row on top and the input at the bottom, as in the post; --top-down flips."""
+    for top_down in (False, True):
+        browser.get(save_html(result, tmp_path / f"lens-{top_down}.html", top_down=top_down).as_uri())
+        heights = [cell(browser, label, result.positions[0]).location["y"] for label in result.labels]
+        assert heights == sorted(heights, reverse=not top_down)
+
+
 def test_in_a_notebook_the_iframe_runs_the_viewer(browser, result, tmp_path):
     """What Jupyter does with _repr_html_: put it in the page. The viewer runs in its iframe."""
     from selenium.webdriver.common.action_chains import ActionChains
