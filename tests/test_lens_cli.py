@@ -386,4 +386,5 @@ def test_a_long_lens_shows_progress_on_stderr(checkpoint, tmp_path):
         lens.cells.PROGRESS_DELAY = 0
     """)
     proc = ok(lens_cli(checkpoint, TEXT, "--html", tmp_path / "a.html", env=env))
+    assert "lens: running tiny-gpt2 on 14 tokens (the forward pass)" in proc.stderr
     assert "lens: " in proc.stderr and "top-10: " in proc.stderr and "position" in proc.stderr
