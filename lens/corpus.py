@@ -130,10 +130,11 @@ def window_statistics(model, window, rows: Rows, tuned=None):
     return out
 
 
-def shard_statistics(model, tokens, shard, rows: Rows, byte_lengths, tuned=None):
+def shard_statistics(model, tokens, shard, rows: Rows, byte_lengths, tuned=None, on_window=None):
     """The sums of one shard: its windows' sums added in window order, and its rank histogram
     as sparse (row * (V + 1) + rank, count) pairs. tokens: the shard's own tokens, from the
-    stream's index shard[0][0] on (shard_tokens(...)): what a Dask task gets."""
+    stream's index shard[0][0] on (shard_tokens(...)): what a Dask task gets. `on_window(n)`:
+    called after each window with its number of targets (a progress bar's update)."""
     V = model.config.vocab_size
     offset = shard[0][0]
     result = {"tokens": 0, "bytes": 0}
@@ -149,6 +150,8 @@ def shard_statistics(model, tokens, shard, rows: Rows, byte_lengths, tuned=None)
                 result[name]["sums"] = result[name]["sums"] + sums
                 result[name]["counts"] = result[name]["counts"] + counts
                 result[name]["ranks"].append(keys)
+        if on_window is not None:
+            on_window(len(window) - 1)
     for name in ("logit", "tuned"):
         if name in result:
             keys, counts = np.unique(np.concatenate(result[name]["ranks"]), return_counts=True)
@@ -294,19 +297,34 @@ def evaluate(model, tokens, run: Run, *, tuned=None, state_path=None, resume=Fal
             totals.add(i, result)
             if state_path is not None:
                 totals.save(state_path)
-            bar.update(result["tokens"])
             if on_shard is not None:
                 on_shard(i)
 
         if client is None:
             for i in todo:
-                record(i, shard_statistics(model, shard_tokens(tokens, shards[i]), shards[i], rows, byte_lengths, tuned))
+                record(i, shard_statistics(model, shard_tokens(tokens, shards[i]), shards[i], rows, byte_lengths, tuned,
+                                           on_window=bar.update))
         else:
             from .cluster import map_shards
 
             for i, result in map_shards(client, run, tokens, shards, todo):
                 record(i, result)
+                bar.update(result["tokens"])
     return totals
+
+
+def lens_eval(model, data, *, tokens=None, tuned=None, subblocks=False, stride=1, progress=False) -> dict:
+    """The figures of `minigpt lens-eval DATA` (its JSON, as a dict) for a loaded model, in this
+    process: DATA a text file or a folder of .txt files, `tokens` a budget, `tuned` a loaded
+    tuned lens (lens.TunedLens.load)."""
+    budget = check_budget(tokens)
+    stream, files = read_tokens(data, model.tokenizer, budget)
+    rows = Rows.plan(model.config.n_layer, bool(subblocks), stride)
+    run = Run(model=model.name, data=str(Path(data).resolve()), files=len(files), n_ctx=model.config.n_ctx,
+              labels=list(rows.labels), subblocks=bool(subblocks), stride=int(stride), tuned=None,
+              token_budget=budget, shard_tokens=SHARD_TOKENS, data_sha256=tokens_sha256(stream))
+    totals = evaluate(model, stream, run, tuned=tuned, progress=progress)
+    return {**asdict(run), "model_name": model.name, **totals.report()}
 
 
 # -- what a Dask worker runs ------------------------------------------------------------------
@@ -314,18 +332,29 @@ def evaluate(model, tokens, run: Run, *, tuned=None, state_path=None, resume=Fal
 _loaded = {}  # (model source, tuned file) -> (model, tuned, byte lengths): loaded once per worker
 
 
+def loaded(source, tuned_path=None):
+    """(model, tuned lens, token byte lengths) of this process, loaded the first time."""
+    key = (source, tuned_path)
+    if key not in _loaded:
+        import minigpt
+
+        model = minigpt.load(source)
+        tuned = load_tuned(tuned_path, model) if tuned_path else None
+        _loaded[key] = (model, tuned, token_byte_lengths(model.tokenizer, model.config.vocab_size))
+    return _loaded[key]
+
+
+def preload(source, tuned_path=None):
+    """loaded(...) ahead of a worker's first task (client.run(preload, ...)); returns nothing,
+    so that no model travels back."""
+    loaded(source, tuned_path)
+
+
 def worker_shard(run: dict, shard, tokens):
     """One shard's sums on a Dask worker, which memory-maps the checkpoint (and reads the tuned
     lens) from their paths the first time; only these settings and the shard's tokens (a few
     tens of kB) travel with the task."""
-    key = (run["model"], run["tuned"])
-    if key not in _loaded:
-        import minigpt
-
-        model = minigpt.load(run["model"])
-        tuned = load_tuned(run["tuned"], model) if run["tuned"] else None
-        _loaded[key] = (model, tuned, token_byte_lengths(model.tokenizer, model.config.vocab_size))
-    model, tuned, byte_lengths = _loaded[key]
+    model, tuned, byte_lengths = loaded(run["model"], run["tuned"])
     if model.config.n_ctx != run["n_ctx"]:
         raise MiniGPTError(f"a worker's {run['model']} has a context of {model.config.n_ctx}, not {run['n_ctx']}: "
                            f"another checkpoint under the same name")
