@@ -11,9 +11,8 @@ it: the scheduler gives them to another worker, and a shard recorded twice count
 import logging
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict
-
 from minigpt.errors import MiniGPTError
+from minigpt.parallel import N_THREADS
 
 CONNECT_SECONDS = 10  # an unreachable scheduler is an error after this long
 
@@ -44,9 +43,7 @@ def dask_client(scheduler=None, workers=None):
         with client:
             yield client
         return
-    from .corpus import cpu_count
-
-    threads = str(max(1, cpu_count() // workers))
+    threads = str(max(1, N_THREADS // workers))
     environ = {name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536, **environ}}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -55,20 +52,13 @@ def dask_client(scheduler=None, workers=None):
         yield client
 
 
-def map_shards(client, run, tokens, shards, todo):
-    """Yield (i, result) for every shard i in `todo` as workers finish them (any order)."""
+def map_shards(client, task, arguments):
+    """Yield (i, task(*arguments[i])) for every shard i as workers finish them (any order)."""
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    from .corpus import shard_tokens, worker_shard
-
-    settings = asdict(run)
     tag = uuid.uuid4().hex[:8]
-    futures = {}
-    for i in todo:
-        future = client.submit(worker_shard, settings, shards[i], shard_tokens(tokens, shards[i]), key=f"lens-eval-{tag}-{i}",
-                               pure=False)
-        futures[future] = i
+    futures = {client.submit(task, *args, key=f"lens-eval-{tag}-{i}", pure=False): i for i, args in arguments.items()}
     try:
         for future in as_completed(futures):
             try:

@@ -27,7 +27,6 @@ for every row but the last (the model's own output in both lenses).
 
 import json
 import math
-import os
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -307,7 +306,9 @@ def evaluate(model, tokens, run: Run, *, tuned=None, state_path=None, resume=Fal
         else:
             from .cluster import map_shards
 
-            for i, result in map_shards(client, run, tokens, shards, todo):
+            settings = asdict(run)
+            arguments = {i: (settings, shards[i], shard_tokens(tokens, shards[i])) for i in todo}
+            for i, result in map_shards(client, worker_shard, arguments):
                 record(i, result)
                 bar.update(result["tokens"])
     return totals
@@ -389,5 +390,3 @@ def check_budget(budget):
     return int(budget)
 
 
-def cpu_count():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
