@@ -97,6 +97,9 @@ def check_options(args):
         require_matplotlib()
     if args.tuned is not None and not Path(args.tuned).is_file():
         raise InputError(f"tuned lens file not found: {args.tuned}")
+    if args.tuned is not None and args.subblocks:
+        raise InputError("--tuned cannot go with --subblocks: the tuned lens has no translators for the rows "
+                         "after attention sub-blocks")
     return stride, budget, shard_tokens, workers
 
 

@@ -340,12 +340,15 @@ def bits_per_byte(report):
     ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 14 else 0, fontsize=TICK_FONT)
     ax.set_xlabel("row (layer)", fontsize=LABEL_FONT)
     ax.set_ylabel("bits per byte", fontsize=LABEL_FONT)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_yscale("log")  # the input row is often several times worse than the others
+    low, high = ax.get_ylim()
+    ticks = [t for t in (0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64) if low <= t <= high]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks], fontsize=TICK_FONT)
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=TICK_FONT)
-    ax.set_title(f"{report['model_name']}: {report['tokens']:,} tokens, {report['bytes']:,} bytes",
+    data = Path(str(report.get("data", ""))).name
+    ax.set_title(f"{report['model_name']} on {data}: {report['tokens']:,} tokens, {report['bytes']:,} bytes (lower is better)",
                  fontsize=LABEL_FONT)
     fig.tight_layout()
     return fig

@@ -284,6 +284,7 @@ def test_bad_inputs_are_one_line(checkpoint, tmp_path):
         ([SAMPLE, "--tokens", "many"], "--tokens must be a whole number"),
         ([SAMPLE, "--tuned", tmp_path / "none.pt"], "tuned lens file not found"),
         ([SAMPLE, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
+        ([SAMPLE, "--tuned", SAMPLE, "--subblocks"], "--tuned cannot go with --subblocks"),
         ([SAMPLE, "--resume"], "nothing to resume"),
         ([SAMPLE, "--plot", tmp_path / "figure.gif"], "cannot tell the figure format"),
     ]
