@@ -55,7 +55,7 @@ def test_commands_use_it_offline_with_an_empty_cache(tmp_path):
 def test_matches_huggingface(model, sample_tokens):
     from transformers import GPT2LMHeadModel
 
-    hf = GPT2LMHeadModel.from_pretrained(str(BUNDLED_DIR), local_files_only=True, torch_dtype=torch.float32).eval()
+    hf = GPT2LMHeadModel.from_pretrained(str(BUNDLED_DIR), local_files_only=True, dtype=torch.float32).eval()
     tokens = sample_tokens[0]
     with torch.no_grad():
         ref = hf(torch.tensor([tokens.tolist()])).logits[0].numpy()
