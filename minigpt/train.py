@@ -17,8 +17,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import shutil
 import signal
 import sys
 import time
