@@ -37,11 +37,14 @@ def build_corpus_module():
     return module
 
 
-def test_split_loss(model, corpus, cache):
-    """(nats per token, tokens, bytes) of the model on every window of the test split."""
+def test_split_loss(model, corpus, cache, max_tokens=None):
+    """(nats per token, tokens scored, bytes they stand for) of the model on the windows of the
+    test split (all of them unless max_tokens; a window's share of the bytes is its share of
+    the tokens)."""
     tokens, n_bytes = train.tokenize_files(train.text_files(corpus / "test"), model.tokenizer, cache, "test split")
-    nats = train.evaluate(model.params, model.config, tokens, batch_size=8, max_tokens=len(tokens))
-    counted = train.n_windows(tokens, model.config.n_ctx) * model.config.n_ctx
+    max_tokens = len(tokens) if max_tokens is None else max_tokens
+    nats = train.evaluate(model.params, model.config, tokens, batch_size=8, max_tokens=max_tokens)
+    counted = min(train.n_windows(tokens, model.config.n_ctx), max(1, max_tokens // model.config.n_ctx)) * model.config.n_ctx
     return nats, counted, n_bytes * counted / (len(tokens) - 1)
 
 
@@ -82,9 +85,13 @@ def train_command(settings: dict) -> str:
              "batch_size": "--batch-size", "steps": "--steps", "lr": "--lr", "min_lr": "--min-lr", "warmup": "--warmup",
              "weight_decay": "--weight-decay", "clip": "--clip", "seed": "--seed", "eval_interval": "--eval-interval",
              "eval_tokens": "--eval-tokens"}
-    parts = ["minigpt train", settings["data"]] + [f"{flag} {settings[key]}" for key, flag in flags.items()
-                                                   if settings.get(key) is not None]
-    return " \\\n    ".join([" ".join(parts[:2])] + [" ".join(parts[2 + i : 6 + i]) for i in range(0, len(parts) - 2, 4)])
+    def shown(key):  # a corpus path as the README builds it (corpus/train), not this machine's
+        value = settings[key]
+        return "/".join(Path(value).parts[-2:]) if key in ("data", "val") else value
+
+    parts = ["minigpt train", shown("data")] + [f"{flag} {shown(key)}" for key, flag in flags.items()
+                                                if settings.get(key) is not None]
+    return " \\\n        ".join([" ".join(parts[:2])] + [" ".join(parts[2 + i : 6 + i]) for i in range(0, len(parts) - 2, 4)])
 
 
 def model_card(name, metrics, config, manifest, notes) -> str:
@@ -172,6 +179,7 @@ def main(argv=None):
     parser.add_argument("run", type=Path, help="the finished `minigpt train` folder")
     parser.add_argument("--corpus", type=Path, required=True, help="scripts/build_corpus.py's output")
     parser.add_argument("--name", default=BUNDLED)
+    parser.add_argument("--test-tokens", type=int, help="score only this many test tokens (a quick check; default all)")
     args = parser.parse_args(argv)
 
     out = ROOT / "minigpt" / "bundled" / args.name
@@ -184,8 +192,8 @@ def main(argv=None):
     shipped = minigpt.load(out)
 
     cache = args.run / "data"
-    nats32, counted, n_bytes = test_split_loss(run, args.corpus, cache)
-    nats16, _, _ = test_split_loss(shipped, args.corpus, cache)
+    nats32, counted, n_bytes = test_split_loss(run, args.corpus, cache, args.test_tokens)
+    nats16, _, _ = test_split_loss(shipped, args.corpus, cache, args.test_tokens)
     compressors = build_corpus_module().compressor_bits_per_byte(build_corpus_module().split_bytes(args.corpus, "test"))
     state = json.loads((args.run / "run.json").read_text())
     log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines()]
