@@ -48,3 +48,18 @@ def test_keeps_float64(big):
     gelu = STEPS["gelu"]
     assert gelu(x).dtype == np.float64
     assert np.array_equal(gelu(x), gpt2.gelu(x))
+
+
+def test_in_threads_runs_every_share_once_in_order():
+    import threading
+
+    seen = {}
+
+    def work(share):
+        seen[share[0]] = threading.get_ident()
+        return [x * 2 for x in share]
+
+    shares = [[1, 2], [3], [4, 5, 6]]
+    assert rowwise.in_threads(work, shares) == [[2, 4], [6], [8, 10, 12]]
+    assert len(seen) == 3 and seen[1] == threading.get_ident()  # the caller takes the first share
+    assert rowwise.in_threads(work, []) == []
