@@ -7,7 +7,10 @@
     result.top1            # (rows, positions) top-1 token of each cell
     result.kl_final        # (rows, positions) KL(final || row) in nats
 
-The formulas are in docs/lens-math.md.
+To look at it: lens.plot (the post's figures, matplotlib), lens.html (one offline HTML file where
+hovering a cell shows its top tokens; a result shows as that viewer in a notebook), and
+result.to_dataframe() (pandas, one row per cell). What each view colours by is in lens/views.py;
+the formulas are in docs/lens-math.md.
 """
 
 from .decode import NORMS, decode

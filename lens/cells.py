@@ -11,6 +11,8 @@ never all rows' distributions. The formulas themselves are formulas.py.
 
 import math
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +57,19 @@ def progress_bar(total, what, show):
 
     return tqdm(total=total, desc=what, unit="position", delay=PROGRESS_DELAY, disable=not show,
                 file=sys.stderr, leave=False)
+
+
+@contextmanager
+def note_if_slow(message, show):
+    """Print `message` on stderr if the block is still running after PROGRESS_DELAY seconds (for
+    the steps a progress bar cannot count, such as the forward pass)."""
+    timer = threading.Timer(PROGRESS_DELAY, lambda: print(message, file=sys.stderr, flush=True))
+    if show:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def decode_chunks(model, rows, positions, norm, visit=None, *, final_logits=None, scratch=lambda: None,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minigpt.errors import InputError
 from minigpt.files import atomic_write
 
 from .views import MISSING_COLOR, OUTLINE_COLOR, OUTLINE_MEANING, STAR_MEANING, UPRIGHT_CHARS, VIEWS, colorbar_ticks
@@ -129,8 +130,6 @@ def _script_json(data) -> str:
 def to_html(result, *, top_k=TOP_K, top_down=False, view="logits", title=None) -> str:
     """The viewer of a LensResult as one HTML document (a str)."""
     if view not in VIEWS:
-        from minigpt.errors import InputError
-
         raise InputError(f"unknown view {view!r}: choose one of {', '.join(VIEWS)}")
     norm_note = "" if result.norm == "ln_f" else f", norm={result.norm}"
     title = title or f"logit lens on {result.model_name}{norm_note}"
@@ -216,8 +215,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0.
 .grid .label { position: sticky; left: 0; z-index: 2; background: #fff; padding: 0 0.6em 0 0.2em; text-align: right;
                display: flex; align-items: center; justify-content: flex-end; font-variant-numeric: tabular-nums; }
 .cell { height: 22px; margin: 1px 0 0 1px; display: flex; align-items: center; justify-content: center; overflow: hidden;
-        white-space: pre; text-overflow: ellipsis; padding: 0 2px; cursor: default; box-sizing: border-box;
-        font-size: 11.5px; }
+        padding: 0 2px; cursor: default; box-sizing: border-box; font-size: 11.5px; min-width: 0; }
+.cell span { display: block; min-width: 0; max-width: 100%; overflow: hidden; white-space: pre; text-overflow: ellipsis; }
 .cell.final { box-shadow: inset 0 0 0 2px var(--outline); }
 .cell:focus { outline: 3px solid #000; outline-offset: -1px; z-index: 1; position: relative; }
 .axis { position: relative; }
@@ -370,7 +369,8 @@ order.forEach((r, line) => {
   row.appendChild(label);
   for (let c = 0; c < P; c++) {
     const token = data.top1[r * P + c];
-    const cell = el("div", "cell", S[token]);
+    const cell = el("div", "cell");
+    cell.appendChild(el("span", "", S[token]));  // cut with "…" when wider than the cell
     cell.setAttribute("role", "gridcell");
     cell.dataset.row = data.labels[r];
     cell.dataset.pos = data.positions[c];

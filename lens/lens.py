@@ -19,7 +19,7 @@ import numpy as np
 
 from minigpt.errors import InputError, MiniGPTError
 
-from .cells import cell_statistics, top_k
+from .cells import cell_statistics, note_if_slow, top_k
 from .decode import NORMS, apply_norm, check_norm, decode  # noqa: F401  (re-exported)
 
 
@@ -278,7 +278,8 @@ def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1,
     T = len(tokens)
     positions = select_positions(positions, T)
 
-    trace = model.run(tokens, keep_resid_mid=bool(subblocks))  # resid_mid: 315 MB for gpt2-xl at T = 1024
+    with note_if_slow(f"lens: running {model.name} on {T} tokens (the forward pass)", progress):
+        trace = model.run(tokens, keep_resid_mid=bool(subblocks))  # resid_mid: 315 MB for gpt2-xl at T = 1024
     rows = row_residuals(trace, blocks, kinds)
     # with ln_f, the last row's logits are the model's own: the forward pass computed them already
     final_logits = trace.logits if norm == "ln_f" else None

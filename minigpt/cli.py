@@ -194,6 +194,96 @@ def run_generate(args) -> int:
 BUILTIN_COMMANDS.append(add_generate)
 
 
+def add_train(subparsers):
+    d = train_defaults()
+    parser = subparsers.add_parser(
+        "train", help="train a GPT-2 (new, or continued from a checkpoint) on your text",
+        description="Train GPT-2 on DATA (a UTF-8 text file, or a folder of .txt files: one file, one "
+                    "document) with minigpt's own backward pass and AdamW. DIR always holds the latest "
+                    "weights (minigpt.load(DIR), minigpt lens -m DIR, and transformers read it) and the "
+                    "optimizer state: stop with Ctrl-C and continue with --resume. Train and validation "
+                    "loss go to DIR/log.jsonl.",
+    )
+    parser.add_argument("data", metavar="DATA", nargs="?", help="a UTF-8 text file or a folder of .txt files")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="the run's folder (new, or the one to --resume)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in DIR exactly where it stopped, with its own settings (run.json)")
+    parser.add_argument("--val", metavar="PATH", help="held-out text (file or folder): its loss is logged every --eval-interval steps")
+    parser.add_argument("--init", metavar="NAME_OR_DIR", help="start from this model's weights (e.g. gpt2) instead of a new model")
+    shape = parser.add_argument_group("a new model's shape")
+    shape.add_argument("--n-layer", type=int, default=d.n_layer, help=f"blocks (default {d.n_layer})")
+    shape.add_argument("--n-embd", type=int, default=d.n_embd, help=f"width (default {d.n_embd})")
+    shape.add_argument("--n-head", type=int, default=d.n_head, help=f"attention heads (default {d.n_head})")
+    shape.add_argument("--n-ctx", type=int, default=d.n_ctx, help=f"context in tokens (default {d.n_ctx}); with --init at most the model's")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", "-b", type=int, default=d.batch_size, help=f"texts per step (default {d.batch_size})")
+    length = opt.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help=f"training steps (default {d.steps})")
+    length.add_argument("--tokens", type=_count, metavar="N", help="a token budget instead of --steps (e.g. 20M)")
+    opt.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    opt.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine decay (default lr / 10)")
+    opt.add_argument("--warmup", type=int, default=d.warmup, help=f"steps of linear warm-up (default {d.warmup})")
+    opt.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                     help=f"AdamW's decoupled decay, on 2-D weight matrices only (default {d.weight_decay})")
+    opt.add_argument("--clip", type=float, default=d.clip, help=f"clip the gradients' global norm to this (default {d.clip})")
+    opt.add_argument("--seed", type=int, default=d.seed, help=f"seeds the initial weights and the batch order (default {d.seed})")
+    run = parser.add_argument_group("evaluation and checkpoints")
+    run.add_argument("--eval-interval", type=int, default=d.eval_interval, help=f"steps between validation losses (default {d.eval_interval})")
+    run.add_argument("--eval-tokens", type=_count, default=d.eval_tokens, help=f"validation tokens per evaluation (default {d.eval_tokens})")
+    run.add_argument("--save-minutes", type=float, default=5.0, help="minutes between checkpoints (default 5; and at the end)")
+    run.add_argument("--snapshots", metavar="STEPS",
+                     help="also keep the model at these steps in DIR/snapshots/: a list (100,1000) or 'log' (log-spaced)")
+    parser.set_defaults(run=run_train)
+
+
+def train_defaults():
+    from .train import Settings
+
+    return Settings(data="", out="")
+
+
+def _count(text: str) -> int:
+    """A count such as 20000, 20k, 20M or 1.5G."""
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count such as 20000 or 20M, found {text!r}") from None
+    return int(value)
+
+
+def run_train(args) -> int:
+    from .train import Settings, log_spaced_steps, train
+
+    if args.resume:
+        train(Settings(data="", out=args.out), resume=True, save_seconds=args.save_minutes * 60)
+        return 0
+    if args.data is None:
+        raise MiniGPTError("give the training DATA (a text file or a folder of .txt files), or --resume")
+    steps = train_defaults().steps if args.steps is None and args.tokens is None else args.steps
+    if args.tokens is not None:
+        steps = -(-args.tokens // (args.batch_size * args.n_ctx))
+    snapshots = []
+    if args.snapshots == "log":
+        snapshots = log_spaced_steps(steps)
+    elif args.snapshots:
+        try:
+            snapshots = sorted({int(x) for x in args.snapshots.split(",") if x.strip()})
+        except ValueError:
+            raise MiniGPTError(f"--snapshots must be 'log' or a list of steps such as 100,1000, found {args.snapshots!r}") from None
+    settings = Settings(
+        data=args.data, out=args.out, val=args.val, init=args.init, n_layer=args.n_layer, n_embd=args.n_embd,
+        n_head=args.n_head, n_ctx=args.n_ctx, batch_size=args.batch_size, steps=steps, lr=args.lr,
+        min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, seed=args.seed,
+        eval_interval=args.eval_interval, eval_tokens=args.eval_tokens, snapshots=snapshots,
+    )
+    train(settings, save_seconds=args.save_minutes * 60)
+    return 0
+
+
+BUILTIN_COMMANDS.append(add_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minigpt",

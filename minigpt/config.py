@@ -107,3 +107,35 @@ def read_config(path: Path) -> Config:
     except (ValueError, RecursionError):  # an integer of thousands of digits; absurd nesting
         raise ConfigError(f"{path} is not valid JSON (a number too long or nesting too deep)") from None
     return config_from_dict(raw, where=str(path))
+
+
+def config_dict(c: Config) -> dict:
+    """config.json as the hub's openai-community/<size> repositories hold it, for a Config
+    (what transformers needs to load the checkpoint, and minigpt reads back)."""
+    raw = {
+        "activation_function": "gelu_new",
+        "architectures": ["GPT2LMHeadModel"],
+        "attn_pdrop": 0.1,
+        "bos_token_id": 50256,
+        "embd_pdrop": 0.1,
+        "eos_token_id": 50256,
+        "initializer_range": 0.02,
+        "layer_norm_epsilon": c.layer_norm_epsilon,
+        "model_type": "gpt2",
+        "n_ctx": c.n_ctx,
+        "n_embd": c.n_embd,
+        "n_head": c.n_head,
+        "n_layer": c.n_layer,
+        "n_positions": c.n_ctx,
+        "resid_pdrop": 0.1,
+        "summary_activation": None,
+        "summary_first_dropout": 0.1,
+        "summary_proj_to_labels": True,
+        "summary_type": "cls_index",
+        "summary_use_proj": True,
+        "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
+        "vocab_size": c.vocab_size,
+    }
+    if c.n_inner is not None:
+        raw["n_inner"] = c.n_inner
+    return raw

@@ -186,3 +186,11 @@ def forward(tokens, params, n_head, eps, keep_resid_mid=True, keep_attention=Fal
         del mid, pattern  # the pattern is (H, T, T), 105 MB for gpt2-xl at T = 1024: free it now
     logits = unembed(layer_norm(residual[-1], **params["ln_f"], eps=eps), params)
     return residual, resid_mid, attention, logits
+
+
+def cross_entropy(logits, targets):
+    """The training loss: mean over positions of -log softmax(logits)[target]
+    = mean(logsumexp(logits) - logits[target]), in nats per token. (N, V), (N,) -> a float"""
+    m = logits.max(axis=-1, keepdims=True)
+    logsumexp = m[:, 0] + np.log(np.exp(logits - m).sum(axis=-1))
+    return float(np.mean(logsumexp - logits[np.arange(len(targets)), targets], dtype=np.float64))

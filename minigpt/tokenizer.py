@@ -117,6 +117,7 @@ class Tokenizer:
 
     def __init__(self, vocab_path, merges_path, name="gpt2"):
         ranks, special = mergeable_ranks(vocab_path, merges_path)
+        self.vocab_path, self.merges_path = Path(vocab_path), Path(merges_path)  # copied into checkpoints written
         self.encoding = tiktoken.Encoding(
             name=name, pat_str=PATTERN, mergeable_ranks=ranks, special_tokens=special
         )

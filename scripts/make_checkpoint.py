@@ -29,42 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from minigpt import layout  # noqa: E402
-from minigpt.config import OFFICIAL  # noqa: E402
+from minigpt.config import OFFICIAL, config_dict  # noqa: E402
 from minigpt.files import atomic_write  # noqa: E402
 
 BPE = ROOT / "minigpt" / "data"
 ALIGN = 8  # the safetensors writer pads the header with spaces to a multiple of 8 bytes
-
-
-def config_json(c) -> dict:
-    """config.json as the hub's openai-community/<size> repositories hold it, for a Config."""
-    raw = {
-        "activation_function": "gelu_new",
-        "architectures": ["GPT2LMHeadModel"],
-        "attn_pdrop": 0.1,
-        "bos_token_id": 50256,
-        "embd_pdrop": 0.1,
-        "eos_token_id": 50256,
-        "initializer_range": 0.02,
-        "layer_norm_epsilon": c.layer_norm_epsilon,
-        "model_type": "gpt2",
-        "n_ctx": c.n_ctx,
-        "n_embd": c.n_embd,
-        "n_head": c.n_head,
-        "n_layer": c.n_layer,
-        "n_positions": c.n_ctx,
-        "resid_pdrop": 0.1,
-        "summary_activation": None,
-        "summary_first_dropout": 0.1,
-        "summary_proj_to_labels": True,
-        "summary_type": "cls_index",
-        "summary_use_proj": True,
-        "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
-        "vocab_size": c.vocab_size,
-    }
-    if c.n_inner is not None:
-        raw["n_inner"] = c.n_inner
-    return raw
 
 
 # How each tensor's values are drawn, by (layout component kind, tensor): see draw().
@@ -130,7 +99,7 @@ def write_checkpoint(size, directory, seed: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     write_safetensors(directory / "model.safetensors", tensor_plan(config), seed)
     with atomic_write(directory / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config_json(config), f, indent=2)
+        json.dump(config_dict(config), f, indent=2)
         f.write("\n")
     for source, target in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
         with atomic_write(directory / target, "wb") as f:

@@ -6,9 +6,11 @@
 Renders every view of the post's three examples (the GPT-3 abstract, "plasma", extreme
 repetition) and the addendum's comparisons with the input (KL(input ‖ row), rank of the input
 token) into a folder, with an index, `index.html` (open it in a browser) and `index.md` (the
-same as a markdown table): each figure beside the claim of the post it illustrates, and what
-this model's numbers say about that claim. The lens numbers of every segment are saved
-as JSON too (`LensResult.to_dict()`), for checking without the pictures.
+same as a markdown table): each figure under the claim of the post it illustrates, and what
+this model's numbers say about that claim. In index.html each figure is the lens's HTML viewer
+(`SEGMENT.html`, lens/html.py: hover a cell for its top 10 tokens, switch views), sized to the
+window; the PNG is a click away. The lens numbers of every segment are saved as JSON too
+(`LensResult.to_dict()`), for checking without the pictures.
 
 The post used GPT-2 XL (1558M), so only `--model gpt2-xl` reproduces it; any other checkpoint
 renders the same figures and measures, which then describe that model (the tests run this on a
@@ -229,7 +231,7 @@ def measure_ranks(result, context, view) -> str:
     mid = _middle_row(result)
     ranks = result.rank_final[mid]
     return (f"at {result.labels[mid]}, halfway, the final guess is in the top 10 at {np.mean(ranks <= 10):.0%} of "
-            f"positions and first at {np.mean(ranks == 1):.0%}; median {_trail(result, view, _all(result))}")
+            f"positions and first at {np.mean(ranks == 1):.0%}; median {_trail(result, view, _all(result), also=[mid])}")
 
 
 def measure_kl(result, context, view) -> str:
@@ -263,11 +265,12 @@ VIEW_VALUES = {  # the quantity each view colours its cells by, and how to print
 }
 
 
-def _trail(result, view, columns) -> str:
+def _trail(result, view, columns, also=()) -> str:
     """The view's quantity on about six rows, bottom to top: 'input 86, h10 12, ..., h47 1'
-    (the median over `columns` when there are several)."""
+    (the median over `columns` when there are several), and on the rows `also` (the rows a
+    measure's sentence names, so that its list holds them)."""
     name, values, fmt = VIEW_VALUES[view]
-    rows = sorted(set(np.linspace(0, len(result.labels) - 1, 7).round().astype(int)))
+    rows = sorted(set(np.linspace(0, len(result.labels) - 1, 7).round().astype(int)) | {int(r) for r in also})
     per_row = [_median(values(result)[r, columns]) for r in rows]
     return f"{name} by row: " + ", ".join(f"{result.labels[r]} {fmt.format(v)}" for r, v in zip(rows, per_row))
 
@@ -317,7 +320,7 @@ def measure_repetition(result, context, view) -> str:
         if r < len(hit):  # top-1 is the true next token from row r to the end
             onsets.append(int(result.blocks[r]) + 1)  # blocks run so far (0: right from the input row)
     lines = [f"the text repeats every {period} tokens; at the {len(columns)} positions whose next token repeats "
-             f"the one {period} back, the final guess is that token at {correct}"]
+             f"the one {period} back, the final guess is that token at {correct} of them"]
     if onsets:
         lines.append(f"where it is right, it becomes and stays right after block {np.median(onsets):.0f} of "
                      f"{n_layer} (median; in the upper half at {np.mean(np.asarray(onsets) > n_layer / 2):.0%})")
@@ -396,7 +399,8 @@ NORM_NOTES = {
 # -- the index: one document, written as markdown (index.md) and as HTML (index.html) --------
 #
 # A document is a list of items: ("h1" | "h2" | "p" | "note", text) or ("table", rows) with rows
-# of (claim text, figure file name). Texts use a little markdown: [link](url), **bold**,
+# of (claim text, figure file name, viewer) where viewer is (the segment's HTML viewer file, the
+# view it opens on, its height in pixels) or None. Texts use a little markdown: [link](url), **bold**,
 # *italic*, `code`, and <br> for a line break.
 
 
@@ -413,7 +417,7 @@ def to_markdown(items) -> str:
             lines.append(f"> {content}")
         elif kind == "table":
             lines += ["| the post | the figure |", "| --- | --- |"]
-            for text, figure in content:
+            for text, figure, _ in content:
                 cell = text.replace("|", "\\|").replace("\n", " ")
                 lines.append(f"| {cell} | [![{figure}]({figure})]({figure}) |")
         lines.append("")
@@ -442,12 +446,15 @@ def inline_html(text: str) -> str:
     return "<br>".join(parts)
 
 
+# The claim's text above its figure, which takes the page's whole width: a 20-column figure fits
+# a 1400-pixel window (the viewer narrows its columns; a PNG is scaled down to the width).
 HTML_STYLE = """
-body { font-family: sans-serif; margin: 2em; max-width: 110em; line-height: 1.45; }
-.claim { display: grid; grid-template-columns: minmax(18em, 28em) 1fr; gap: 1.5em;
-         border-top: 1px solid #ccc; padding: 1em 0; }
-.figure { overflow-x: auto; }
-.figure img { max-width: none; height: auto; }
+body { font-family: sans-serif; margin: 2em; line-height: 1.45; }
+p, blockquote, .claim .text { max-width: 60em; }
+.claim { border-top: 1px solid #ccc; padding: 1em 0; }
+.figure iframe { width: 100%; border: 0; display: block; }
+.figure img { max-width: 100%; height: auto; }
+.figure .static { font-size: 0.9em; }
 blockquote { border-left: 4px solid #e69f00; margin-left: 0; padding-left: 1em; }
 code { background: #f3f3f3; padding: 0 0.2em; }
 """
@@ -463,10 +470,17 @@ def to_html(items) -> str:
         elif kind == "note":
             body.append(f"<blockquote>{inline_html(content)}</blockquote>")
         elif kind == "table":
-            for text, figure in content:
+            for text, figure, viewer in content:
                 name = html.escape(figure)
-                body.append(f'<div class="claim"><div>{inline_html(text)}</div>'
-                            f'<div class="figure"><a href="{name}"><img src="{name}" alt="{name}"></a></div></div>')
+                if viewer is None:
+                    shown = f'<a href="{name}"><img src="{name}" alt="{name}"></a>'
+                else:
+                    page, view, height = viewer
+                    shown = (f'<iframe src="{html.escape(page)}#view={html.escape(view)}" style="height: {height}px" '
+                             f'title="{name}" loading="lazy"></iframe>'
+                             f'<div class="static">the same as a picture: <a href="{name}">{name}</a></div>')
+                body.append(f'<div class="claim"><div class="text">{inline_html(text)}</div>'
+                            f'<div class="figure">{shown}</div></div>')
     title = html.escape(items[0][1]) if items and items[0][0] == "h1" else "index"
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
             f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
@@ -475,6 +489,7 @@ def to_html(items) -> str:
 def render(model, out: Path, stride: int, fmt: str, norm: str = "ln_f", log=print) -> Path:
     """Run the lens on every segment, draw every figure, write the index. Returns index.md's path."""
     from lens import plot
+    from lens.html import save_html, viewer_height
     from minigpt.files import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
@@ -495,7 +510,9 @@ def render(model, out: Path, stride: int, fmt: str, norm: str = "ln_f", log=prin
     items += [
         ("p", "How to read a figure: the bottom axis holds the input tokens; the top axis the true next tokens, "
               "starred where the model's final top-1 guess is right; each cell shows one row's top-1 guess for the "
-              "next token, outlined where it equals the final guess; the colour is the quantity the view is about. "
+              "next token, outlined in orange where it equals the final guess; the colour is the quantity the view "
+              "is about. In index.html, hover a cell (or Tab into the figure and use the arrow keys) to see its top "
+              "10 tokens and its numbers, and switch views with the selector. "
               "The quotes are the post's words; the rest paraphrases it, and \"the same claim seen by …\" marks "
               "a view the post did not plot for that claim. Under each claim, *here* gives what this "
               "model's numbers say (medians over the positions shown, unless said otherwise); the numbers of each "
@@ -513,10 +530,12 @@ def render(model, out: Path, stride: int, fmt: str, norm: str = "ln_f", log=prin
         json_path = out / f"{segment.name}.json"
         with atomic_write(json_path, "w", encoding="utf-8") as f:
             json.dump(result.to_dict(), f)
+        viewer = save_html(result, out / f"{segment.name}.html", title=f"{segment.title}: logit lens on {model.name}")
         items += [
             ("h2", segment.title),
             ("p", f"The segment: {segment.what} (positions {int(result.positions[0])}–{int(result.positions[-1])} "
-                  f"of the text the model read; numbers: [{json_path.name}]({json_path.name}))."),
+                  f"of the text the model read; numbers: [{json_path.name}]({json_path.name}); every view, with "
+                  f"each cell's top 10 tokens: [{viewer.name}]({viewer.name}))."),
         ]
         if note:
             items.append(("note", f"Note: {note}."))
@@ -527,7 +546,7 @@ def render(model, out: Path, stride: int, fmt: str, norm: str = "ln_f", log=prin
             log(f"  {path}")
             here = globals()[claim.measure](result, context, claim.view)
             table.append((f"**{claim.view}** · *the post's section: {claim.section}*<br>{claim.says}"
-                          f"<br><br>*here:* {here}", path.name))
+                          f"<br><br>*here:* {here}", path.name, (viewer.name, claim.view, viewer_height(result))))
         items.append(("table", table))
     index = out / "index.md"
     with atomic_write(index, "w", encoding="utf-8") as f:

@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,36 @@ def run_cli(*args, input=None, cwd=None, env=None):
         [sys.executable, "-m", "minigpt", *map(str, args)],
         input=input, capture_output=True, text=True, cwd=cwd, env=full_env, timeout=300,
     )
+
+
+# -- a real browser, for the HTML viewer ------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# Flags these machines need: no sandbox as root, and no background networking (the network is closed).
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless chromium, driven by Debian's chromedriver through selenium (told where
+    both are, so it downloads nothing), with a fresh profile. .ci/run installs them; the tests
+    that need them are skipped, saying so, only where they are not installed."""
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver; .ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import minigpt
-from minigpt.config import OFFICIAL, Config
+from minigpt.config import OFFICIAL, Config, config_dict
 from minigpt.info import total_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -63,7 +63,7 @@ def test_make_checkpoint_official_sizes_header():
         header = make_checkpoint.header_bytes(plan)
         assert len(header) % 8 == 0
     assert total_params(OFFICIAL["gpt2"]) == 124_439_808
-    assert make_checkpoint.config_json(OFFICIAL["gpt2-xl"])["n_embd"] == 1600
+    assert config_dict(OFFICIAL["gpt2-xl"])["n_embd"] == 1600
 
 
 def test_forward_sides_agree(random_checkpoint):

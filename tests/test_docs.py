@@ -16,15 +16,21 @@ The rule, for whoever writes documentation here:
 - A block that truly needs the real gpt2-xl or the network is fenced ```python no-run (or
   ```bash no-run). It is not executed (python blocks must still compile), and each file may
   have at most MAX_NO_RUN_PER_FILE of them: what they do without the network is tested elsewhere.
+- The pages of PASTED_INTO_THE_PROMPT invite readers to paste their blocks into `python`: there
+  every block must also run when fed line by line to the interactive prompt (a loop must be
+  followed by a blank line), and on the checkpoint scripts/make_checkpoint.py writes as well.
 """
 
+import code
 import contextlib
+import importlib.util
 import io
 import os
 import re
 import shlex
 import subprocess
 import textwrap
+import traceback
 from pathlib import Path
 
 import pytest
@@ -37,6 +43,7 @@ DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 MAX_NO_RUN_PER_FILE = 3
 OFFICIAL_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 RUN_COMMANDS = ("minigpt", "mkdir")  # the shell commands of the docs that the test runs
+PASTED_INTO_THE_PROMPT = [ROOT / "docs" / "how-gpt2-works.md"]
 
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<info>[^`]*)$")
 
@@ -186,3 +193,70 @@ def test_docs_are_not_only_no_run():
         blocks = python_blocks(doc)
         if blocks:
             assert any("no-run" not in info for _, info, _ in blocks), doc.name
+
+
+class Prompt(code.InteractiveConsole):
+    """Python's interactive prompt, fed one line at a time as a paste would; it keeps the errors
+    it would print."""
+
+    def __init__(self):
+        super().__init__({"__name__": "__console__"})
+        self.errors = []
+
+    def showsyntaxerror(self, filename=None, **kwargs):
+        self.errors.append(traceback.format_exc(limit=0))
+
+    def showtraceback(self):
+        self.errors.append(traceback.format_exc())
+
+    def write(self, data):
+        pass
+
+
+def paste(doc: Path):
+    """Each python block of `doc` pasted into a prompt, then Enter once more (what a reader does
+    after a paste); fails naming the first block that the prompt refuses or that fails there."""
+    prompt = Prompt()
+    for line, info, source in python_blocks(doc):
+        if "no-run" in info:
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            for text in source.splitlines():
+                prompt.push(text)
+            prompt.push("")
+        if prompt.errors:
+            pytest.fail(f"{doc.relative_to(ROOT)}:{line} fails when pasted into the Python prompt:\n"
+                        f"{prompt.errors[0]}\n{source}")
+
+
+@pytest.mark.parametrize("doc", PASTED_INTO_THE_PROMPT, ids=lambda p: str(p.relative_to(ROOT)))
+def test_blocks_paste_into_the_python_prompt(doc, doc_environment):
+    paste(doc)
+
+
+def test_the_prompt_refuses_what_python_would():
+    """The check itself: a loop followed by code without a blank line is an error at the prompt."""
+    prompt = Prompt()
+    for text in ["for i in range(2):", "    pass", "x = 1", ""]:
+        prompt.push(text)
+    assert prompt.errors and "SyntaxError" in prompt.errors[0]
+
+
+@pytest.fixture(scope="session")
+def made_checkpoint(tmp_path_factory):
+    """A checkpoint as scripts/make_checkpoint.py writes them (its value ranges, not
+    transformers'), of a small size: the real vocabulary and context, 2 blocks of width 64."""
+    spec = importlib.util.spec_from_file_location("make_checkpoint", ROOT / "scripts" / "make_checkpoint.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from minigpt.config import Config
+
+    config = Config(n_layer=2, n_head=4, n_embd=64, n_ctx=1024, vocab_size=50257)
+    return script.write_checkpoint(config, tmp_path_factory.mktemp("made") / "made-gpt2", seed=0)
+
+
+@pytest.mark.parametrize("doc", PASTED_INTO_THE_PROMPT, ids=lambda p: str(p.relative_to(ROOT)))
+def test_blocks_run_on_make_checkpoints_checkpoint(doc, made_checkpoint, monkeypatch):
+    monkeypatch.setenv("CHECKPOINT", str(made_checkpoint))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    paste(doc)

@@ -224,3 +224,28 @@ def test_a_process_reports_a_broken_checkpoint_in_one_line(broken_checkpoints):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("minigpt: error: nan: NaN or inf first appears")
     assert result.stdout in ("", "Hello world")  # the echoed prompt at most
+
+
+def test_debug_may_follow_the_command(checkpoint, broken_checkpoints, capsys):
+    """`minigpt lens ... --debug` as well as `minigpt --debug lens ...`: the traceback."""
+    for argv in (["--debug", "lens", "x", "-m", broken_checkpoints["missing"]],
+                 ["lens", "x", "-m", broken_checkpoints["missing"], "--debug"]):
+        with pytest.raises(Exception, match="not found"):
+            cli.main([str(a) for a in argv])
+    code, out, err = main(capsys, "lens", "x", "-m", checkpoint)  # and without it, no traceback
+    assert code == 0 and "Traceback" not in err
+
+
+def test_an_unknown_option_gets_its_commands_usage(checkpoint, capsys):
+    """Not the top-level usage: the command's, and the options it most resembles."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["lens", "x", "-m", str(checkpoint), "--topk", "3"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: minigpt lens ")
+    assert err.splitlines()[-1] == ("minigpt lens: error: unrecognized arguments: --topk 3 "
+                                    "(did you mean --top-down or --top-k?)")
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "x", "-m", str(checkpoint), "--bananas"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: minigpt generate ") and err.splitlines()[-1].endswith("unrecognized arguments: --bananas")

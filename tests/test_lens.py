@@ -336,3 +336,67 @@ def test_bad_topk_and_decode(full_vocab):
         lens.decode(model, np.zeros(model.config.n_embd, np.float32), norm="ln")
     with pytest.raises(InputError, match="n_embd"):
         lens.decode(model, np.zeros(3, np.float32))
+
+
+def test_a_model_name_is_not_a_model():
+    """logit_lens("gpt2", text) says to load the model first (it was an AttributeError)."""
+    with pytest.raises(InputError) as caught:
+        lens.logit_lens("gpt2", "The Eiffel Tower is in")
+    assert str(caught.value) == ("logit_lens takes a loaded model, not the name 'gpt2': "
+                                 "load it first with model = minigpt.load('gpt2')")
+    with pytest.raises(InputError, match="loaded with minigpt.load, found int"):
+        lens.logit_lens(3, "text")
+
+
+def test_to_dict_has_token_strings_beside_the_ids(full_vocab):
+    model, _ = full_vocab
+    result = lens.logit_lens(model, "Hello world, again", positions=[0, 2])
+    data = result.to_dict(top_k=3)
+    readable = model.tokenizer.readable
+    assert data["tokens_readable"] == [readable(t) for t in data["tokens"]] == ["Hello", "␣world", ",", "␣again"]
+    assert data["top1_readable"] == [[readable(t) for t in row] for row in data["top1"]]
+    assert data["target_tokens_readable"] == ["␣world", "␣again"]
+    ids, probs = result.topk(3)
+    assert data["topk_ids"] == ids.tolist() and data["topk_probs"] == probs.tolist()
+    assert data["topk_readable"][1][0] == [readable(int(t)) for t in ids[1, 0]]
+    last = lens.logit_lens(model, "Hello world").to_dict()
+    assert last["target_tokens"][-1] == -1 and last["target_tokens_readable"][-1] is None
+
+
+def test_topk_is_computed_once_and_not_shared(full_vocab):
+    model, _ = full_vocab
+    result = lens.logit_lens(model, [5, 6, 7])
+    ids, probs = result.topk(4)
+    ids[:] = 0
+    again, _ = result.topk(4)
+    assert again.any() and len(result._topk) == 1
+
+
+def test_to_dataframe_has_one_row_per_cell(full_vocab):
+    pandas = pytest.importorskip("pandas")
+    model, _ = full_vocab
+    result = lens.logit_lens(model, "Hello world, again and again", positions=[1, 3, 4], subblocks=True)
+    frame = result.to_dataframe()
+    R, P = result.shape
+    assert isinstance(frame, pandas.DataFrame) and len(frame) == R * P
+    assert frame["row"].tolist() == [label for label in result.labels for _ in range(P)]
+    assert frame["position"].tolist() == result.positions.tolist() * R
+    for name in FIELDS:
+        np.testing.assert_array_equal(frame[name].to_numpy(), getattr(result, name).ravel())
+    cell = frame[(frame["row"] == "h1") & (frame["position"] == 3)].iloc[0]
+    r, c = result.labels.index("h1"), 1
+    assert cell["top1"] == result.top1[r, c] and cell["kind"] == "block" and cell["block"] == 1
+    assert cell["top1_readable"] == model.tokenizer.readable(int(result.top1[r, c]))
+    assert cell["input_token_readable"] == "␣again" and cell["target_token"] == result.target_tokens[c]
+
+
+def test_to_dataframe_without_pandas_says_what_to_install(full_vocab, monkeypatch):
+    import sys
+
+    from minigpt.errors import MiniGPTError
+
+    model, _ = full_vocab
+    result = lens.logit_lens(model, [5, 6])
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(MiniGPTError, match=r'pip install -e "\.\[pandas\]" in the minigpt checkout'):
+        result.to_dataframe()

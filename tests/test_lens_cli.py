@@ -3,6 +3,7 @@ Every error a user can cause is one line on stderr, a non-zero exit code, never 
 
 import json
 import os
+import re
 import textwrap
 
 import numpy as np
@@ -288,3 +289,102 @@ def test_missing_matplotlib_names_the_extra(checkpoint, tmp_path):
     )
     assert not (tmp_path / "a.png").exists()
     ok(lens_cli(checkpoint, TEXT, env=env))  # the table needs no matplotlib
+
+
+# -- the table as wide as the terminal, --top-k, --json -, --html -------------------------------
+
+
+def table_lines(proc, prefix):
+    return [line for line in proc.stdout.splitlines() if line.startswith(prefix)]
+
+
+def test_the_table_follows_the_terminal_width(checkpoint, model):
+    n_tokens = len(model.tokenizer.encode(TEXT))
+    shown = {}
+    for columns in (50, 160):
+        proc = ok(lens_cli(checkpoint, TEXT, env={"COLUMNS": str(columns)}))
+        assert all(display_width(line) <= columns for line in proc.stdout.splitlines())
+        (text,) = table_lines(proc, "text ")
+        shown[columns] = len(text.split(" | ")[1].split())
+    assert shown[160] == n_tokens > shown[50]  # 160 columns hold the whole text
+
+
+def test_the_table_says_which_positions_it_left_out(checkpoint, model):
+    proc = ok(lens_cli(checkpoint, TEXT, env={"COLUMNS": "50"}))
+    note = " ".join(proc.stdout.splitlines()[-2:])
+    found = re.search(r"(\d+) earlier positions left out; see them with --positions 0:(\d+)", note)
+    assert found and found[1] == found[2]
+    left_out = int(found[1])
+    # Asked for, they are all shown, in as many panels as the width needs, each within it.
+    proc = ok(lens_cli(checkpoint, TEXT, "--positions", f"0:{left_out}", env={"COLUMNS": "50"}))
+    lines = proc.stdout.splitlines()
+    assert all(display_width(line) <= 50 for line in lines)
+    inputs = [t for line in table_lines(proc, "text ") for t in line.split(" | ")[1].split()]
+    tokens = model.tokenizer.encode(TEXT)[:left_out]
+    assert inputs == [cut(model.tokenizer.readable(t), 10) for t in tokens]
+    assert len(table_lines(proc, "text ")) > 1 and "left out" not in proc.stdout
+
+
+def test_top_k_lists_each_rows_best_guesses(checkpoint, model):
+    proc = ok(lens_cli(checkpoint, TEXT, "--top-k", "3", "--positions=-2:", env={"COLUMNS": "100"}))
+    result = lens.logit_lens(model, model.tokenizer.encode(TEXT), positions=slice(-2, None))
+    ids, _ = result.topk(3)
+    assert "top-3 guesses of each row" in proc.stdout.splitlines()[0]
+    lines = proc.stdout.splitlines()
+    for r, label in enumerate(result.labels):
+        (first,) = [i for i, line in enumerate(lines) if line.startswith(f"{label} ")]
+        for k in range(3):
+            cells = lines[first + k].split(" | ")[1].split()
+            assert cells == [cut(model.tokenizer.readable(int(t)), 10) for t in ids[r, :, k]]
+    one_line_error(lens_cli(checkpoint, TEXT, "--top-k", "0"), "--top-k must be at least 1")
+    one_line_error(lens_cli(checkpoint, TEXT, "--top-k", "many"), "--top-k must be a whole number")
+    one_line_error(lens_cli(checkpoint, TEXT, "--top-k", "60000"), "at most the vocabulary size 50257")
+
+
+def test_json_to_standard_output_alone_with_token_strings(checkpoint, model):
+    proc = ok(lens_cli(checkpoint, TEXT, "--json", "-", "--top-k", "2", "--positions", "0:3"))
+    assert proc.stderr == ""
+    data = json.loads(proc.stdout)  # stdout is the JSON and nothing else
+    readable = model.tokenizer.readable
+    result = lens.logit_lens(model, model.tokenizer.encode(TEXT), positions=[0, 1, 2])
+    assert data["input_tokens_readable"] == [readable(t) for t in data["input_tokens"]]
+    assert data["top1_readable"] == [[readable(t) for t in row] for row in data["top1"]]
+    assert data["topk_ids"] == result.topk(2)[0].tolist()
+    assert data["topk_readable"][0][0] == [readable(t) for t in data["topk_ids"][0][0]]
+    assert data["tokens_readable"][:3] == ["Sometimes", ",", "␣when"]
+
+
+def test_html_writes_the_viewer(checkpoint, tmp_path):
+    out = tmp_path / "lens.html"
+    proc = ok(lens_cli(checkpoint, TEXT, "--html", out, "--view", "kl", "--top-k", "5"))
+    assert proc.stdout == "" and proc.stderr == f"wrote {out}\n"
+    document = out.read_text(encoding="utf-8")
+    assert document.startswith("<!DOCTYPE html>") and '<option value="kl" selected>' in document
+    assert '"k":5' in document
+    one_line_error(lens_cli(checkpoint, TEXT, "--html", tmp_path / "missing" / "a.html"), "does not exist")
+    one_line_error(lens_cli(checkpoint, TEXT, "--html", out, "--view", "all"), "--html shows every view already")
+
+
+def test_view_all_makes_its_folder(checkpoint, tmp_path):
+    folder = tmp_path / "new" / "figures"
+    ok(lens_cli(checkpoint, TEXT, "--view", "all", "--out", folder, "--positions", "0:2"))
+    assert len(list(folder.glob("*.png"))) == 8
+
+
+def test_a_figure_wider_than_a_screen_warns(checkpoint, tmp_path):
+    many = " ".join(["word"] * 50)  # 50 positions: about 6000 pixels wide
+    proc = ok(lens_cli(checkpoint, many, "--positions", "0:50", "--out", tmp_path / "wide.png"))
+    assert "pixels wide (50 positions), wider than a screen shows (3840)" in proc.stderr
+    assert "--html FILE" in proc.stderr
+
+
+def test_a_long_lens_shows_progress_on_stderr(checkpoint, tmp_path):
+    """A lens that ends within a few seconds prints nothing (the other tests check stderr is empty);
+    one that runs longer shows a progress bar. Here "longer" is made 0 seconds."""
+    env = blocking_env(tmp_path, """
+        import lens.cells
+        lens.cells.PROGRESS_DELAY = 0
+    """)
+    proc = ok(lens_cli(checkpoint, TEXT, "--html", tmp_path / "a.html", env=env))
+    assert "lens: running tiny-gpt2 on 14 tokens (the forward pass)" in proc.stderr
+    assert "lens: " in proc.stderr and "top-10: " in proc.stderr and "position" in proc.stderr

@@ -1,13 +1,9 @@
 """The HTML viewer (lens/html.py): what the file holds, and what it does in a real browser.
 
-The browser tests drive Debian's headless chromium through its chromedriver (.ci/run installs
-both; selenium is pointed at them, so nothing is downloaded). They are skipped, saying why, only
-where chromium is not installed."""
+The browser tests use conftest's `browser`: Debian's headless chromium through its chromedriver."""
 
 import json
 import re
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -19,12 +15,6 @@ from lens.views import VIEWS
 from minigpt.errors import InputError
 
 TEXT = "Sometimes, when people say plasma, they mean a state of matter. x, y."
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-# Flags this machine needs (docs of the workplace): no sandbox as root, no background networking.
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
-)
 
 
 @pytest.fixture(scope="module")
@@ -101,26 +91,6 @@ def test_unknown_view_and_a_notebook_iframe(result):
 
 
 # -- in a browser ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver; .ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +189,32 @@ def test_a_screenshot(page, tmp_path_factory):
     assert page.get_screenshot_as_file(str(path))
     assert path.read_bytes().startswith(b"\x89PNG")
     print(f"screenshot: {path}")
+
+
+def test_rows_bottom_to_top_or_top_down(browser, result, tmp_path):
+    """The output row on top and the input at the bottom, as in the post; --top-down flips."""
+    for top_down in (False, True):
+        browser.get(save_html(result, tmp_path / f"lens-{top_down}.html", top_down=top_down).as_uri())
+        heights = [cell(browser, label, result.positions[0]).location["y"] for label in result.labels]
+        assert heights == sorted(heights, reverse=not top_down)
+
+
+def test_in_a_notebook_the_iframe_runs_the_viewer(browser, result, tmp_path):
+    """What Jupyter does with _repr_html_: put it in the page. The viewer runs in its iframe."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "notebook.html"
+    page.write_text(f"<!DOCTYPE html><html><body><p>In [1]: result</p>{result._repr_html_()}"
+                    f"{result._repr_html_()}</body></html>", encoding="utf-8")
+    browser.get(page.as_uri())
+    frames = browser.find_elements(By.TAG_NAME, "iframe")
+    assert len(frames) == 2  # two results shown at once do not interfere
+    browser.switch_to.frame(frames[1])
+    try:
+        cells = browser.find_elements(By.CSS_SELECTOR, ".cell[data-row][data-pos]")
+        assert len(cells) == result.top1.size
+        ActionChains(browser).move_to_element(cells[0]).perform()
+        assert tooltip(browser).is_displayed() and tooltip(browser).find_elements(By.CSS_SELECTOR, ".topk-token")
+    finally:
+        browser.switch_to.default_content()

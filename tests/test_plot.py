@@ -291,3 +291,15 @@ def test_short_tilted_labels_stand_upright(model):
 def test_width_in_pixels(result):
     fig = plot.logits(result)
     assert plot.width_pixels(fig) == round(fig.get_size_inches()[0] * plot.DPI)
+
+
+def test_the_outline_note_sits_under_the_axis_label(result):
+    fig = plot.logits(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (note,) = [t for t in fig.texts if t.get_gid() == "outline-note"]
+    box = note.get_window_extent(renderer)
+    ax = grid_axes(fig)
+    others = [ax.xaxis.label, *ax.get_xticklabels()]
+    assert all(box.y1 < other.get_window_extent(renderer).y0 for other in others)
+    assert box.y0 >= 0

@@ -66,8 +66,13 @@ def test_the_html_index_puts_each_claim_beside_its_figure(rendered):
     claims = page.split('<div class="claim">')[1:]
     assert len(claims) == len(post.CLAIMS)
     for claim, block in zip(post.CLAIMS, claims):
-        assert f'<img src="{claim.segment}-{claim.view}.png"' in block
+        # the segment's viewer, opened on the claim's view, and a link to the PNG
+        assert f'<iframe src="{claim.segment}.html#view={claim.view}"' in block
+        assert f'<a href="{claim.segment}-{claim.view}.png">' in block
         assert post.inline_html(claim.says) in block
+    for segment in post.SEGMENTS:
+        viewer = (out / f"{segment}.html").read_text(encoding="utf-8")
+        assert viewer.startswith("<!DOCTYPE html>") and '"topk":{"k":10' in viewer
 
 
 def test_inline_html_escapes_and_formats():
@@ -162,7 +167,7 @@ def test_repetition_measure_finds_where_the_pattern_is_noticed():
     assert post.repetition_period(tokens) == period
     text = post.measure_repetition(fake_result(tokens, top1, blocks), None, "logits")
     predictable = sum(1 for p in range(T - 1) if p + 1 - period >= 0 and tokens[p + 1 - period] == tokens[p + 1])
-    assert f"at the {predictable} positions" in text and f"that token at {predictable}" in text
+    assert f"at the {predictable} positions" in text and f"that token at {predictable} of them" in text
     assert "after block 6 of 8" in text and "upper half at 100%" in text
 
 
@@ -174,3 +179,38 @@ def test_copy_measure_reports_where_the_final_guess_settles():
     top1 = np.array([[5] * 6, [5] * 6, [plasma] * 6, [4] * 6, [plasma] * 6])  # right at h1, lost at h2, back at h3
     text = post.measure_copy(fake_result(tokens, top1, blocks), context, "ranks")
     assert "(the copy)" in text and "from h3 on" in text
+
+
+def test_the_ranks_measure_lists_the_row_it_names():
+    """It names the middle row (h3 of 8 blocks here): the rows it then lists hold that row."""
+    tokens = [1, 2, 3, 4]
+    blocks = [-1, 0, 1, 2, 3, 4, 5, 6, 7]
+    result = fake_result(tokens, np.zeros((len(blocks), len(tokens)), dtype=int), blocks)
+    text = post.measure_ranks(result, None, "ranks")
+    named = text.split(",")[0].removeprefix("at ")
+    assert named == "h3" and f" {named} 1" in text.split("by row:")[1]
+
+
+def test_figures_fit_a_1400_pixel_window(rendered, browser):
+    """index.html in a 1400-pixel-wide window: every column of every figure shows, and the page
+    needs no sideways scrolling."""
+    out, _ = rendered
+    browser.set_window_size(1400, 1000)
+    browser.get((out / "index.html").as_uri())
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 1400
+    frames = browser.find_elements("css selector", ".figure iframe")
+    assert len(frames) == len(post.CLAIMS)
+    for frame in frames[:4]:  # the GPT-3 abstract's 20 columns, in four views
+        browser.execute_script("arguments[0].scrollIntoView()", frame)
+        width = frame.size["width"]
+        browser.switch_to.frame(frame)
+        try:
+            cells = browser.find_elements("css selector", ".cell")
+            assert cells and browser.execute_script(
+                "return Math.max(...[...document.querySelectorAll('.cell')].map(e => e.getBoundingClientRect().right))"
+            ) <= width
+            # nothing hidden behind a scroll box
+            figure = browser.find_element("id", "lens-figure")
+            assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", figure)
+        finally:
+            browser.switch_to.default_content()
