@@ -33,7 +33,8 @@ forward, lens and decode run in this process, alternating minigpt and HF (A B A 
 median of each), so that load from other processes hits both alike. For gpt2-large and
 gpt2-xl two models would not fit comfortably, so each of those runs in a fresh process
 holding one model, still alternating (A B A B ..., --isolate forces this for any size).
-Results print as a table and are appended to docs/performance.md (--no-append: print only).
+Results print as a table (markdown); --report FILE also appends them to FILE, e.g.
+out/bench.md (out/ is ignored by git). docs/performance.md keeps the curated figures.
 The functions that do each side's work are importable: tests/test_bench.py checks that both
 sides compute the same numbers.
 """
@@ -682,11 +683,12 @@ def main(argv=None):
     parser.add_argument("--decode-prompt", type=int, default=16, help="prompt tokens before decoding (default 16)")
     parser.add_argument("--memory-tokens", type=int, default=None, help="T for the memory phase (default: --tokens)")
     parser.add_argument("--isolate", action="store_true", help="every run in a fresh process holding one model")
-    parser.add_argument("--no-append", action="store_true", help="do not append to docs/performance.md")
     parser.add_argument("--train-shape", default="8x256x8", help="train phase: n_layer x n_embd x n_head (default 8x256x8)")
     parser.add_argument("--train-batch", type=int, default=8, help="train phase: texts per step (default 8)")
     parser.add_argument("--train-ctx", type=int, default=256, help="train phase: tokens per text (default 256)")
     parser.add_argument("--train-memory-worker", choices=("minigpt", "hf"), help=argparse.SUPPRESS)
+    parser.add_argument("--report", metavar="FILE",
+                        help="also append the markdown report to FILE (e.g. out/bench.md); default: print only")
     parser.add_argument("--worker", choices=("minigpt", "hf"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-phase", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -725,12 +727,13 @@ def main(argv=None):
     text = markdown(args, machine, results, started, load_before, load_average())
     print()
     print(text)
-    if not args.no_append:
-        doc = ROOT / "docs" / "performance.md"
-        previous = doc.read_text(encoding="utf-8") if doc.exists() else ""
-        with atomic_write(doc, "w", encoding="utf-8") as f:
+    if args.report is not None:
+        report = Path(args.report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        previous = report.read_text(encoding="utf-8") if report.exists() else ""
+        with atomic_write(report, "w", encoding="utf-8") as f:
             f.write(previous + ("\n" if previous else "") + text)
-        print(f"appended to {doc}")
+        print(f"appended to {report}")
     return 0
 
 
