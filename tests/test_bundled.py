@@ -87,3 +87,16 @@ def test_float32_lens_agrees_with_float64_on_peaked_distributions(model, sample_
         assert np.nanmax(np.abs(x - y)) < 1e-4, field
     agree = np.mean(a.top1 == b.top1)
     assert agree > 0.999
+
+
+def test_reproduce_post_falls_back_to_it_and_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import reproduce_post; print(reproduce_post.post_model_or_bundled().name)"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}", "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == BUNDLED
+    assert "gpt2-xl is not downloaded; rendering with minigpt-english-8x192" in done.stderr
