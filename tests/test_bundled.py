@@ -3,6 +3,7 @@ with HuggingFace, and has learned English — its lens behaves as a trained mode
 random checkpoints cannot show."""
 
 import json
+import os
 from collections import Counter
 
 import numpy as np
