@@ -279,7 +279,7 @@ def lens_eval_seconds(checkpoint, n_tokens, client=None):
     rows = corpus.Rows.plan(model.config.n_layer)
     run = corpus.Run(model=corpus.model_source(checkpoint), data=str(SAMPLE), files=1, n_ctx=model.config.n_ctx,
                      labels=list(rows.labels), subblocks=False, stride=1, tuned=None, token_budget=n_tokens,
-                     shard_tokens=corpus.SHARD_TOKENS, data_sha256=corpus.tokens_sha256(tokens))
+                     shard_tokens=model.config.n_ctx, data_sha256=corpus.tokens_sha256(tokens))  # a shard a window: work for every worker
     cpu = cpu_seconds(client)
     started = time.perf_counter()
     totals = corpus.evaluate(model, tokens, run, client=client)
