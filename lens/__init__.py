@@ -7,10 +7,14 @@
     result.top1            # (rows, positions) top-1 token of each cell
     result.kl_final        # (rows, positions) KL(final || row) in nats
 
+    tuned = lens.fit_tuned_lens(model, "corpus/train")   # the tuned lens: one translator per row
+    result = lens.logit_lens(model, text, translators=tuned)
+
 The formulas are in docs/lens-math.md.
 """
 
 from .decode import NORMS, decode
 from .lens import LensResult, logit_lens
+from .tuned import TunedLens, fit_tuned_lens
 
-__all__ = ["logit_lens", "decode", "LensResult", "NORMS"]
+__all__ = ["logit_lens", "decode", "LensResult", "NORMS", "fit_tuned_lens", "TunedLens"]
