@@ -522,8 +522,8 @@ def fit_tuned_lens(model, data, *, tokens=FIT_TOKENS, ridge=RIDGE, refine_steps=
     except KeyboardInterrupt:
         fit_state.save(*refine_state(), force=True)
         raise
-    fit = {"data_tokens": int(len(all_tokens)), "data_bytes": int(n_bytes), "closed_form_tokens": int(windows.size),
-           "refine_tokens": int(settings.refine_steps * per_step * T), **settings.__dict__,
+    fit = {**settings.__dict__, "data_tokens": int(len(all_tokens)), "data_bytes": int(n_bytes),
+           "closed_form_positions": int(windows.size), "refine_positions": int(settings.refine_steps * per_step * T),
            "closed_form_seconds": round(closed_form_seconds, 3), "seconds": round(elapsed, 3),
            "wall_seconds_this_run": round(time.perf_counter() - started, 3),
            "final_train_kl": {label: round(value, 6) for label, value in kl.items()}}

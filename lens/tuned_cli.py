@@ -86,6 +86,7 @@ def run_tune_lens(args) -> int:
         raise
     tuned.save(out)
     fit = tuned.fit
-    print(f"wrote {out}: {len(tuned.A)} translators of {model.name}, closed form on {fit['closed_form_tokens']:,} "
-          f"positions, {fit['refine_steps']} refinement steps, {fit['seconds']:.0f} s", file=sys.stderr)
+    print(f"wrote {out}: {len(tuned.A)} translators of {model.name}, closed form on {fit['closed_form_positions']:,} "
+          f"positions, {fit['refine_steps']} refinement steps of "
+          f"{fit['refine_positions'] // max(1, fit['refine_steps']):,}, {fit['seconds']:.0f} s", file=sys.stderr)
     return 0

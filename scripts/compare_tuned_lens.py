@@ -62,7 +62,7 @@ def fit_theirs(model_dir, train, model, args):
     per_step = max(T, args.tokens // args.their_steps // T * T)
     command = [str(Path(args.venv) / "bin" / "python"), "-m", "tuned_lens", "train",
                "--model.name", str(model_dir), "--data.name", str(data), "--max_seq_len", str(T),
-               "--per_gpu_batch_size", str(max(1, 2048 // T)), "--num_steps", str(args.their_steps),
+               "--per_gpu_batch_size", str(max(1, min(2048, per_step) // T)), "--num_steps", str(args.their_steps),
                "--tokens_per_step", str(per_step), "--precision", "float32", "-o", str(out)]
     print("running:", " ".join(command), file=sys.stderr)
     started = time.perf_counter()
@@ -108,11 +108,13 @@ def evaluate(model, tokens, n_bytes, lenses, eval_tokens):
 
 
 def markdown(labels, table, names):
-    head = "| row | " + " | ".join(f"{n} bpb" for n in names) + " | " + " | ".join(f"{n} KL" for n in names) + " |"
-    lines = [head, "|" + " --- |" * (1 + 2 * len(names))]
+    """Per row: cross-entropy against the true next token in bits per byte and nats per token,
+    and KL(final || row) in nats per token, for each lens."""
+    columns = [(f"{n} bpb", n, "bpb") for n in names] + [(f"{n} CE nats", n, "nats") for n in names] \
+        + [(f"{n} KL nats", n, "kl") for n in names]
+    lines = ["| row | " + " | ".join(c[0] for c in columns) + " |", "|" + " --- |" * (1 + len(columns))]
     for i, label in enumerate(labels):
-        cells = [f"{table[n]['bpb'][i]:.3f}" for n in names] + [f"{table[n]['kl'][i]:.3f}" for n in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(f"{table[n][k][i]:.3f}" for _, n, k in columns) + " |")
     return "\n".join(lines)
 
 
@@ -148,8 +150,8 @@ def main():
     labels, table, n_eval = evaluate(model, np.asarray(test_tokens), test_bytes, lenses, args.eval_tokens)
     names = list(lenses)
     print(f"\n{model.name}: {n_eval:,} held-out positions of {args.test}; our fit: closed form on "
-          f"{ours.fit['closed_form_tokens']:,} positions + {ours.fit['refine_steps']} refinement steps of "
-          f"{ours.fit['refine_tokens'] // max(1, ours.fit['refine_steps']):,}")
+          f"{ours.fit['closed_form_positions']:,} positions + {ours.fit['refine_steps']} refinement steps of "
+          f"{ours.fit['refine_positions'] // max(1, ours.fit['refine_steps']):,} positions")
     print(markdown(labels, table, names))
     print(f"\nfit time: ours {ours_seconds:.0f} s (closed form {times['ours_closed_form']:.0f} s)", end="")
     if "theirs" in times:
