@@ -10,7 +10,10 @@
     tuned = lens.fit_tuned_lens(model, "corpus/train")   # the tuned lens: one translator per row
     result = lens.logit_lens(model, text, translators=tuned)
 
-The formulas are in docs/lens-math.md.
+To look at it: lens.plot (the post's figures, matplotlib), lens.html (one offline HTML file where
+hovering a cell shows its top tokens; a result shows as that viewer in a notebook), and
+result.to_dataframe() (pandas, one row per cell). What each view colours by is in lens/views.py;
+the formulas (the tuned lens's too, fitted in lens/tuned.py) are in docs/lens-math.md.
 """
 
 from .decode import NORMS, decode
