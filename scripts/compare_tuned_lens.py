@@ -2,6 +2,7 @@
 
     python scripts/compare_tuned_lens.py --model DIR --train CORPUS/train --test CORPUS/test \\
         --venv /root/venv-tunedlens --work /tmp/compare
+    python scripts/compare_tuned_lens.py --model DIR --cost      # our fit's seconds per position
 
 A benchmark, not a test. On the same model, the same training text and the same CPU it
 1. fits our lens (lens.fit_tuned_lens: closed form on --tokens positions, then --refine-steps);
@@ -118,11 +119,35 @@ def markdown(labels, table, names):
     return "\n".join(lines)
 
 
+def measure_cost(model, batches=2):
+    """Seconds per position of each stage of our fit, on `batches` batches of random tokens
+    (the speed does not depend on the values): the closed form (forward pass + the sums) and a
+    refinement step (forward pass + decode, KL and backward of every row)."""
+    T, L, d = model.config.n_ctx, model.config.n_layer, model.config.n_embd
+    rng = np.random.default_rng(0)
+    per_batch = tuned.windows_per_batch(model)
+    G, C = np.zeros((L, d + 1, d + 1)), np.zeros((L, d + 1, d))
+    started = time.perf_counter()
+    for _ in range(batches):
+        windows = rng.integers(0, model.config.vocab_size, (per_batch, T))
+        tuned.accumulate(G, C, tuned.residual_stream(model, windows).reshape(L + 1, -1, d))
+    closed_form = (time.perf_counter() - started) / (batches * per_batch * T)
+    identity = tuned.TunedLens.identity(model)
+    params = {label: {"A": identity.A[label], "b": identity.b[label]} for label in identity.labels}
+    per_step = max(1, tuned.REFINE_TOKENS // T)
+    started = time.perf_counter()
+    for _ in range(batches):
+        windows = rng.integers(0, model.config.vocab_size, (per_step, T))
+        tuned.kl_and_grads(model, params, tuned.residual_stream(model, windows).reshape(L + 1, -1, d))
+    refine = (time.perf_counter() - started) / (batches * per_step * T)
+    return closed_form, refine
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a checkpoint folder (HuggingFace-loadable, for the package)")
-    parser.add_argument("--train", required=True, help="training text: a file or a folder of .txt files")
-    parser.add_argument("--test", required=True, help="held-out text: a file or a folder of .txt files")
+    parser.add_argument("--train", help="training text: a file or a folder of .txt files")
+    parser.add_argument("--test", help="held-out text: a file or a folder of .txt files")
     parser.add_argument("--work", type=Path, default=Path("compare-tuned-lens"), help="a folder for the lenses and data")
     parser.add_argument("--venv", default="/root/venv-tunedlens", help="the tuned-lens package's virtual environment")
     parser.add_argument("--tokens", type=int, default=tuned.FIT_TOKENS, help="training positions (both lenses)")
@@ -131,13 +156,31 @@ def main():
     parser.add_argument("--their-steps", type=int, default=64, help="the package's optimizer steps over --tokens")
     parser.add_argument("--eval-tokens", type=int, default=2**15, help="held-out positions evaluated")
     parser.add_argument("--ours-only", action="store_true", help="skip the package")
+    parser.add_argument("--ours", type=Path, help="evaluate this lens (from minigpt tune-lens) instead of fitting ours")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--cost", action="store_true",
+                        help="only measure our fit's seconds per position on --model (random tokens) and the time "
+                             "of a default fit")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
     model = minigpt.load(args.model)
-    ours, ours_seconds = fit_ours(model, args.train, args)
-    ours.save(args.work / "ours.safetensors")
+    if args.cost:
+        closed_form, refine = measure_cost(model)
+        default = closed_form * tuned.FIT_TOKENS + refine * tuned.REFINE_STEPS * tuned.REFINE_TOKENS
+        print(f"{model.name}: closed form {closed_form * 1e3:.3f} ms per position, refinement "
+              f"{refine * 1e3:.3f} ms per position; a default fit ({tuned.FIT_TOKENS:,} positions, "
+              f"{tuned.REFINE_STEPS} steps of {tuned.REFINE_TOKENS:,}) ~ {default / 60:.1f} min")
+        return
+    if not (args.train and args.test):
+        parser.error("--train and --test are needed (unless --cost)")
+    if args.ours is not None:  # a lens fitted before (minigpt tune-lens): its own recorded fit time
+        ours = tuned.TunedLens.load(args.ours, model)
+        ours_seconds = ours.fit["seconds"]
+        args.tokens = ours.fit["closed_form_positions"]
+    else:
+        ours, ours_seconds = fit_ours(model, args.train, args)
+        ours.save(args.work / "ours.safetensors")
     lenses = {"logit": None, "ours": ours}
     times = {"ours": ours_seconds, "ours_closed_form": ours.fit["closed_form_seconds"]}
     if not args.ours_only:
