@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import OFFICIAL, Config
+from .config import BUNDLED, OFFICIAL, Config
 from .errors import CheckpointError, ConfigError, HubError, InputError, MiniGPTError, ModelNotCachedError
 from .checkpoint import check_dtype
 from .model import GPT2, Trace
@@ -19,14 +19,16 @@ from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 __all__ = [
-    "load", "GPT2", "Trace", "Config", "OFFICIAL", "Tokenizer",
+    "load", "GPT2", "Trace", "Config", "BUNDLED", "OFFICIAL", "Tokenizer",
     "MiniGPTError", "ConfigError", "CheckpointError", "InputError", "HubError", "ModelNotCachedError",
 ]
 
 
-def load(source, *, dtype=np.float32, revision=None, local_files_only=False) -> GPT2:
-    """Load a GPT-2: a local checkpoint folder (config.json + model.safetensors or shards), an
-    official name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") or a hub id "owner/name".
+def load(source=BUNDLED, *, dtype=np.float32, revision=None, local_files_only=False) -> GPT2:
+    """Load a GPT-2: with no argument, the small model that ships with minigpt
+    ("minigpt-english-8x192": no download, no network); a local checkpoint folder (config.json +
+    model.safetensors or shards); an official name ("gpt2", "gpt2-medium", "gpt2-large",
+    "gpt2-xl"); or a hub id "owner/name".
 
     Names go through the HuggingFace cache (see minigpt/hub.py): a cached model loads with no
     network request; otherwise only the files minigpt reads are downloaded. `revision` pins a

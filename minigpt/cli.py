@@ -26,10 +26,13 @@ EXIT_INTERRUPTED = 130
 # -- helpers shared by subcommands ----------------------------------------------------------
 
 
-def add_model_argument(parser, required=True):
+def add_model_argument(parser):
+    from .config import BUNDLED
+
     parser.add_argument(
-        "--model", "-m", required=required, metavar="NAME_OR_DIR",
-        help="a checkpoint folder (config.json + model.safetensors), an official name such as gpt2-xl, or a hub id owner/name",
+        "--model", "-m", default=BUNDLED, metavar="NAME_OR_DIR",
+        help=f"a checkpoint folder (config.json + model.safetensors), an official name such as gpt2-xl, or a hub "
+             f"id owner/name (default: {BUNDLED}, the small model that ships with minigpt: no download)",
     )
 
 
@@ -93,9 +96,12 @@ def add_info(subparsers):
         description="Show a model's architecture (blocks, width, heads, ...) and where its parameters "
         "are, computed from the config: official names need no weights and no network.",
     )
-    parser.add_argument("model", metavar="NAME_OR_DIR", help="an official name (gpt2, gpt2-medium, "
-                        "gpt2-large, gpt2-xl), a checkpoint folder holding config.json, or a hub id "
-                        "owner/name (only its config.json is read: cached, or downloaded alone)")
+    from .config import BUNDLED
+
+    parser.add_argument("model", metavar="NAME_OR_DIR", nargs="?", default=BUNDLED,
+                        help=f"an official name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a checkpoint folder "
+                        f"holding config.json, or a hub id owner/name (only its config.json is read: cached, or "
+                        f"downloaded alone); default {BUNDLED}, the model that ships with minigpt")
 
     def run(args):
         from .info import find_config, report

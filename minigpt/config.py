@@ -29,6 +29,12 @@ class Config:
 
 
 # The four models OpenAI released, by the names the HuggingFace hub gives them.
+# The small GPT-2 that ships inside the package (trained by minigpt itself on public-domain
+# English; its model card is the README.md beside it). The default model everywhere. Its name
+# is no official name and has no "/", so it cannot be taken for a hub id owner/name.
+BUNDLED = "minigpt-english-8x192"
+BUNDLED_DIR = Path(__file__).parent / "bundled" / BUNDLED
+
 OFFICIAL = {
     "gpt2": Config(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257),
     "gpt2-medium": Config(n_layer=24, n_head=16, n_embd=1024, n_ctx=1024, vocab_size=50257),

@@ -51,3 +51,12 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@contextmanager
+def appending(path):
+    """A log that only grows (`minigpt train`'s log.jsonl): opened to add whole lines at its end,
+    each flushed as written. An interruption can leave at most a partial last line, which
+    readers of the log skip; nothing written before is ever rewritten here."""
+    with open(path, "a", encoding="utf-8") as f:
+        yield f

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .checkpoint import weight_files
-from .config import OFFICIAL
+from .config import BUNDLED, BUNDLED_DIR, OFFICIAL
 from .errors import CheckpointError, HubError, InputError, ModelNotCachedError
 from .files import atomic_write
 
@@ -81,17 +81,24 @@ def looks_like_path(text: str) -> bool:
 
 
 def checkpoint_folder(source, *, revision=None, local_files_only=False) -> Path:
-    """The local folder holding the checkpoint that `source` names: an existing folder, an official
-    name (gpt2 ... gpt2-xl) or a hub id owner/name, fetched through the HuggingFace cache."""
+    """The local folder holding the checkpoint that `source` names: an existing folder, the model
+    that ships with minigpt (BUNDLED), an official name (gpt2 ... gpt2-xl) or a hub id
+    owner/name, fetched through the HuggingFace cache."""
     text = os.fspath(source)
     if not text:
         raise InputError("no model given: pass a checkpoint folder, an official name such as gpt2-xl, or a hub id owner/name")
     path = Path(text).expanduser()
+    if text == BUNDLED and not path.exists():
+        if revision is not None:
+            raise InputError(f"revision= applies to hub models, and {BUNDLED} ships with minigpt")
+        if not (BUNDLED_DIR / "model.safetensors").is_file():
+            raise CheckpointError(f"{BUNDLED} is missing from this installation ({BUNDLED_DIR}): reinstall minigpt")
+        return BUNDLED_DIR
     repo_id = None if isinstance(source, os.PathLike) else hub_repo_id(text)
     if path.exists() or repo_id is None:
         if not path.exists():
             hint = "" if "/" in text or os.sep in text else (
-                f" (nor a model name: {', '.join(OFFICIAL)}, or a hub id owner/name)"
+                f" (nor a model name: {BUNDLED}, {', '.join(OFFICIAL)}, or a hub id owner/name)"
             )
             raise CheckpointError(f"model directory not found: {text}{hint}")
         if not path.is_dir():

@@ -8,7 +8,7 @@ are read. With d = n_embd, V = vocabulary, n = context, L = blocks and the MLP 4
 
 from pathlib import Path
 
-from .config import OFFICIAL, Config, read_config
+from .config import BUNDLED, BUNDLED_DIR, OFFICIAL, Config, read_config
 from .errors import ConfigError
 from .layout import attention_components, block_components, embedding_components, final_components, mlp_components
 
@@ -58,12 +58,15 @@ def architecture(config: Config) -> list:
 
 def find_config(name_or_dir) -> tuple:
     """(display name, Config, tied) for what `minigpt info` was given:
+    - the model that ships with minigpt (BUNDLED): its config.json;
     - an official name (gpt2 ... gpt2-xl, or openai-community/<name>): its known config, no files;
     - an existing folder: its config.json;
     - a hub id owner/name: its config.json alone, from the HuggingFace cache, else downloaded
       (a few hundred bytes; never the weights)."""
     source = str(name_or_dir)
     path = Path(source).expanduser()
+    if source == BUNDLED and not path.exists():
+        path = BUNDLED_DIR
     if path.is_dir():
         return path.name or source, read_config(path / "config.json"), _tied(path / "config.json")
     official = source.removeprefix("openai-community/")

@@ -17,8 +17,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import shutil
 import signal
 import sys
 import time
@@ -32,7 +30,7 @@ from . import backward as bw
 from . import gpt2, layout
 from .config import Config, config_dict
 from .errors import MiniGPTError
-from .files import atomic_write
+from .files import appending, atomic_write
 
 # -- one training step by hand ----------------------------------------------------------------
 
@@ -496,7 +494,7 @@ def train(s: Settings, resume=False, save_seconds=300.0, progress=True):
 
     if not resume:
         save()  # DIR holds a loadable model from the start
-    with StopRequest() as stop, open(out / LOG_FILE, "a", encoding="utf-8") as log, \
+    with StopRequest() as stop, appending(out / LOG_FILE) as log, \
             np.errstate(over="ignore", invalid="ignore"), \
             tqdm(total=s.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True) as bar:
         while step < s.steps and not stop.asked:  # overflow shows as a non-finite loss, checked below
@@ -536,11 +534,18 @@ def train(s: Settings, resume=False, save_seconds=300.0, progress=True):
     return step
 
 
+def _step_of(line):
+    """The step of a log line; infinity for a partial line (a kill while it was written)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def trim_log(path, step):
     """Keep the log's records up to `step` (a resumed run logs the later ones again)."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
-             if line.strip() and json.loads(line)["step"] <= step]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= step]
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in lines))

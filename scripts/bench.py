@@ -19,6 +19,12 @@ weights/random-SIZE unless --checkpoint names one; values do not change the spee
            with the checkpoint already in the page cache.
   memory   peak resident memory (VmHWM) of a fresh process that loads the model and runs the
            lens (or the forward pass, without a lens) at --memory-tokens; one model per process.
+  train    tokens/s of one training step (forward, cross-entropy, backward, gradient clipping,
+           AdamW) on a new model of --train-shape (n_layer x n_embd x n_head, default 8x256x8),
+           batch --train-batch x --train-ctx tokens: minigpt `train.loss_and_grads` +
+           `clip_grad_norm` + `adamw_update` / HF GPT2LMHeadModel + loss.backward() +
+           clip_grad_norm_ + torch.optim.AdamW, float32; its FLOP rate (6 x parameters x tokens
+           plus attention) against NumPy's matmul rate; each side's peak memory in a fresh process.
 Machine limits, measured in the same run: NumPy's float32 matrix-product rate (a large
 sgemm) and memory bandwidth (a sum over 1 GB, one and two threads); each phase is reported
 as a fraction of them.
@@ -27,7 +33,8 @@ forward, lens and decode run in this process, alternating minigpt and HF (A B A 
 median of each), so that load from other processes hits both alike. For gpt2-large and
 gpt2-xl two models would not fit comfortably, so each of those runs in a fresh process
 holding one model, still alternating (A B A B ..., --isolate forces this for any size).
-Results print as a table and are appended to docs/performance.md (--no-append: print only).
+Results print as a table (markdown); --report FILE also appends them to FILE, e.g.
+out/bench.md (out/ is ignored by git). docs/performance.md keeps the curated figures.
 The functions that do each side's work are importable: tests/test_bench.py checks that both
 sides compute the same numbers.
 """
@@ -56,9 +63,10 @@ from minigpt.config import OFFICIAL  # noqa: E402
 from minigpt.files import atomic_write  # noqa: E402
 from minigpt.info import total_params  # noqa: E402
 
-PHASES = ("forward", "lens", "decode", "load", "memory")
+PHASES = ("forward", "lens", "decode", "load", "memory", "train")
 ISOLATED_SIZES = ("gpt2-large", "gpt2-xl")  # two copies would need > 6 GB
-GOALS = {"forward": 0.7, "lens": 0.5, "decode": 1.2, "load": 2.0, "memory": 1.15, "lens products": 0.75}
+GOALS = {"forward": 0.7, "lens": 0.5, "decode": 1.2, "load": 2.0, "memory": 1.15, "lens products": 0.75,
+         "train": 1.5, "train matmul": 0.6}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +160,81 @@ def hf_decode(hf, prompt, new_tokens):
         out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                           do_sample=False, streamer=stamps)  # no eos in its generation config: never stops early
     return out[0, len(prompt):].tolist(), stamps.times
+
+
+def train_shape(text):
+    """"8x256x8" -> (n_layer, n_embd, n_head)."""
+    n_layer, n_embd, n_head = (int(x) for x in text.lower().split("x"))
+    return n_layer, n_embd, n_head
+
+
+def train_models(shape, T, seed=0):
+    """A random HF GPT-2 of the shape (every parameter drawn) and minigpt's model of the same
+    weights, as writable float32 arrays, with AdamW on each side."""
+    import tempfile
+
+    import torch
+
+    from minigpt import train
+    from tests.checkpoints import make_checkpoint
+
+    n_layer, n_embd, n_head = shape
+    with tempfile.TemporaryDirectory() as folder:
+        path, hf = make_checkpoint(Path(folder) / "m", seed=seed, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ctx=T)
+        model = minigpt.load(path)
+    model.params = train.tree_map(np.array, model.params)
+    state = (train.tree_map(np.zeros_like, model.params), train.tree_map(np.zeros_like, model.params))
+    hf = hf.train()
+    decay = [p for p in hf.parameters() if p.dim() >= 2]
+    rest = [p for p in hf.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.95))
+    return (model, state), (hf, opt)
+
+
+def minigpt_train_step(side, batch, step):
+    from minigpt import train
+
+    model, (m, v) = side
+    loss, grads = train.loss_and_grads(model, batch)
+    train.clip_grad_norm(grads, 1.0)
+    train.adamw_update(model.params, grads, m, v, step, 1e-4)
+    return loss
+
+
+def hf_train_step(side, batch, step):
+    import torch
+
+    hf, opt = side
+    ids = torch.from_numpy(batch)
+    logits = hf(ids[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def train_flops(shape, B, T, vocab_size=50257):
+    """6 x parameters x tokens (forward 2, backward 4 per weight and token) plus attention's
+    products: q k^T and pattern v, 2 x 2 B T^2 d per block forward, twice that backward."""
+    n_layer, d, _ = shape
+    params = vocab_size * d + T * d + n_layer * (12 * d * d + 13 * d) + 2 * d
+    return 6 * params * B * T + 3 * 4 * B * T * T * d * n_layer
+
+
+def train_memory_worker(side, shape, B, T):
+    """Peak resident memory of a fresh process holding one side's model and optimizer after
+    two training steps."""
+    sides = train_models(shape, T)
+    one = sides[0] if side == "minigpt" else sides[1]
+    del sides
+    step = minigpt_train_step if side == "minigpt" else hf_train_step
+    batch = np.random.default_rng(0).integers(0, 50257, size=(B, T + 1))
+    for i in range(2):
+        step(one, batch, i + 1)
+    return {"peak_rss": peak_rss_bytes()}
 
 
 def tokens_per_second(stamps):
@@ -519,8 +602,36 @@ def run_benchmark(args, log=print):
             a["peak_rss"] / wb < GOALS["memory"] if (args.size, Tm, a["workload"]) == ("gpt2-xl", 1024, "lens") else None,
             f"weights {wb / 1e9:.2f} GB; HF {b['peak_rss'] / wb:.2f} x weights")
 
+    if "train" in phases:
+        shape, B, T_train = train_shape(args.train_shape), args.train_batch, args.train_ctx
+        log(f"train: {args.train_shape} (layers x width x heads), batch {B} x {T_train}, in process, "
+            f"A B A B x {args.repeats} ...")
+        ours_side, hf_side = train_models(shape, T_train)
+        batch = np.random.default_rng(0).integers(0, 50257, size=(B, T_train + 1))
+        steps = iter(range(1, 10**6))
+        a, b = alternate(lambda: seconds(minigpt_train_step, ours_side, batch, next(steps)),
+                         lambda: seconds(hf_train_step, hf_side, batch, next(steps)), args.repeats, log)
+        ours, theirs = B * T_train / statistics.median(a), B * T_train / statistics.median(b)
+        rate = train_flops(shape, B, T_train) / statistics.median(a) / 1e9
+        fraction = rate / limits["matmul_gflops"]
+        del ours_side, hf_side
+        memory = {side: in_train_memory_subprocess(side, args) for side in ("minigpt", "hf")}
+        row(f"train {args.train_shape} B={B} T={T_train}", ours, theirs, "tok/s", ours / theirs, "≥ 1.5",
+            ours / theirs >= GOALS["train"],
+            f"{rate:.0f} GFLOP/s = {fraction:.0%} of matmul (goal ≥ 60%: {'met' if fraction >= GOALS['train matmul'] else 'MISSED'}); "
+            f"peak memory {memory['minigpt'] / 1e9:.2f} GB (HF {memory['hf'] / 1e9:.2f} GB)")
+
     results["limits_after"] = machine_limits(args.repeats)
     return results
+
+
+def in_train_memory_subprocess(side, args):
+    command = [sys.executable, str(Path(__file__).resolve()), "--train-memory-worker", side,
+               "--train-shape", args.train_shape, "--train-batch", str(args.train_batch), "--train-ctx", str(args.train_ctx)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{side} train memory worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss"]
 
 
 def markdown(args, machine, results, started, load_before, load_after):
@@ -572,7 +683,12 @@ def main(argv=None):
     parser.add_argument("--decode-prompt", type=int, default=16, help="prompt tokens before decoding (default 16)")
     parser.add_argument("--memory-tokens", type=int, default=None, help="T for the memory phase (default: --tokens)")
     parser.add_argument("--isolate", action="store_true", help="every run in a fresh process holding one model")
-    parser.add_argument("--no-append", action="store_true", help="do not append to docs/performance.md")
+    parser.add_argument("--train-shape", default="8x256x8", help="train phase: n_layer x n_embd x n_head (default 8x256x8)")
+    parser.add_argument("--train-batch", type=int, default=8, help="train phase: texts per step (default 8)")
+    parser.add_argument("--train-ctx", type=int, default=256, help="train phase: tokens per text (default 256)")
+    parser.add_argument("--train-memory-worker", choices=("minigpt", "hf"), help=argparse.SUPPRESS)
+    parser.add_argument("--report", metavar="FILE",
+                        help="also append the markdown report to FILE (e.g. out/bench.md); default: print only")
     parser.add_argument("--worker", choices=("minigpt", "hf"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-phase", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -586,6 +702,10 @@ def main(argv=None):
         args.checkpoint = ROOT / "weights" / f"random-{args.size}"
     args.checkpoint = Path(args.checkpoint)
 
+    if args.train_memory_worker:
+        print(json.dumps(train_memory_worker(args.train_memory_worker, train_shape(args.train_shape),
+                                             args.train_batch, args.train_ctx)))
+        return 0
     if args.worker:
         T = args.tokens
         result = worker(args.worker, args.worker_phase, args.checkpoint,
@@ -594,7 +714,7 @@ def main(argv=None):
         print(json.dumps(result))
         return 0
 
-    if not (args.checkpoint / "model.safetensors").exists():
+    if set(args.phases) - {"train"} and not (args.checkpoint / "model.safetensors").exists():
         from make_checkpoint import write_checkpoint
 
         print(f"writing a random {args.size} checkpoint to {args.checkpoint} ...")
@@ -607,12 +727,13 @@ def main(argv=None):
     text = markdown(args, machine, results, started, load_before, load_average())
     print()
     print(text)
-    if not args.no_append:
-        doc = ROOT / "docs" / "performance.md"
-        previous = doc.read_text(encoding="utf-8") if doc.exists() else ""
-        with atomic_write(doc, "w", encoding="utf-8") as f:
+    if args.report is not None:
+        report = Path(args.report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        previous = report.read_text(encoding="utf-8") if report.exists() else ""
+        with atomic_write(report, "w", encoding="utf-8") as f:
             f.write(previous + ("\n" if previous else "") + text)
-        print(f"appended to {doc}")
+        print(f"appended to {report}")
     return 0
 
 

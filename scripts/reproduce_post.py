@@ -557,10 +557,26 @@ def render(model, out: Path, stride: int, fmt: str, norm: str = "ln_f", log=prin
     return index
 
 
+def post_model_or_bundled():
+    """GPT-2 XL if it is already downloaded (no network), else the model that ships with minigpt,
+    saying so: the page then describes that model (its note says it is not the post's)."""
+    import minigpt
+    from minigpt.errors import MiniGPTError
+
+    try:
+        return minigpt.load(POST_MODEL, local_files_only=True)
+    except MiniGPTError:
+        print(f"reproduce_post: note: {POST_MODEL} is not downloaded; rendering with {minigpt.BUNDLED}, the small "
+              f"model that ships with minigpt (`minigpt download {POST_MODEL}` where there is internet, then run "
+              "this again, to reproduce the post itself)", file=sys.stderr)
+        return minigpt.load()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", "-m", default=POST_MODEL, help="an official name, a hub id owner/name or a checkpoint folder (default: gpt2-xl)")
+    parser.add_argument("--model", "-m", help="an official name, a hub id owner/name or a checkpoint folder (default: "
+                        "gpt2-xl if it is in the HuggingFace cache, else the small model that ships with minigpt)")
     parser.add_argument("--out", "-o", default="post", help="the folder to write (default: post/)")
     parser.add_argument("--stride", type=int, default=2, help="keep every K-th block and the last (default: 2, as the post)")
     parser.add_argument("--format", default="png", choices=["png", "svg", "pdf"], help="figure format (default: png)")
@@ -572,7 +588,7 @@ def main(argv=None) -> int:
     from minigpt.errors import MiniGPTError
 
     try:
-        model = minigpt.load(args.model)
+        model = minigpt.load(args.model) if args.model else post_model_or_bundled()
         render(model, Path(args.out), args.stride, args.format, args.norm)
     except MiniGPTError as err:
         print(f"reproduce_post: error: {err}", file=sys.stderr)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import minigpt
-from minigpt import layout, train
+from minigpt import train
 from tests.checkpoints import make_checkpoint
 from tests.conftest import ROOT, run_cli
 
