@@ -77,8 +77,9 @@ def add_lens_command(subparsers):
         help=f"how a row is normalised before the unembedding: {', '.join(NORMS)} (default: ln_f, as the model does)",
     )
     parser.add_argument(
-        "--tuned", metavar="FILE",
-        help="the tuned lens: translate each row with the translators of FILE (from minigpt tune-lens) first",
+        "--tuned", metavar="FILE", nargs="?", const="bundled",
+        help="the tuned lens: translate each row with the translators of FILE (from minigpt tune-lens) first; "
+             "without FILE, the tuned lens that ships with the bundled model",
     )
     parser.add_argument("--top-down", action="store_true", help="input row at the top, output row at the bottom")
     parser.add_argument("--json", metavar="FILE", help="write the numbers as JSON ('-': to standard output, alone)")
@@ -200,7 +201,7 @@ def check_outputs(args) -> None:
             raise InputError("--tuned has no translators for the rows after attention sub-blocks: drop --subblocks")
         if args.norm != "ln_f":
             raise InputError(f"--tuned decodes with ln_f, as the translators were fitted: drop --norm {args.norm}")
-        if not Path(args.tuned).is_file():
+        if args.tuned != "bundled" and not Path(args.tuned).is_file():
             raise InputError(f"tuned lens file not found: {args.tuned}")
     if args.view != "all" and args.view not in VIEWS:
         raise InputError(f"unknown view {args.view!r}: choose one of {', '.join(VIEWS)}, all")
@@ -236,7 +237,11 @@ def run_lens(args) -> int:
     top_k = parse_top_k(args.top_k)
 
     model = load_model(args)
-    translators = lens.TunedLens.load(args.tuned, model) if args.tuned is not None else None
+    translators = None
+    if args.tuned == "bundled":
+        translators = lens.TunedLens.bundled(model)
+    elif args.tuned is not None:
+        translators = lens.TunedLens.load(args.tuned, model)
     if top_k is not None and top_k > model.config.vocab_size:
         raise InputError(f"--top-k must be at most the vocabulary size {model.config.vocab_size}, found {top_k}")
     if not args.window:  # a text that cannot fit is refused before tokenizing (50 MB would take 3 s, 600 MB)

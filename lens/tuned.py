@@ -34,10 +34,18 @@ import numpy as np
 
 from minigpt import backward as bw
 from minigpt import gpt2
+from minigpt.config import BUNDLED_DIR
 from minigpt.errors import InputError, MiniGPTError
 from minigpt.files import atomic_write
 from minigpt.parallel import N_THREADS, in_threads
-from minigpt.train import adamw_update, batch_at, learning_rate, text_files, tokenize_files, tree_map
+from minigpt.train import (
+    adamw_update,
+    batch_at,
+    learning_rate,
+    text_files,
+    tokenize_files,
+    tree_map,
+)
 
 FORMAT = "minigpt-tuned-lens"
 RIDGE = 1e-3  # relative to the mean squared residual component: small, only to keep G invertible
@@ -48,6 +56,7 @@ REFINE_LR = 1e-3
 KL_CHUNK = 256  # positions decoded at once: 256 x 50257 float32 logits = 51 MB per array
 ROWS_PER_BLOCK = 4  # rows of logits per thread's block in kl_backward: 4 x 50257 floats stay in cache
 SAVE_SECONDS = 60.0  # how often a fit with a state file saves it
+BUNDLED_TUNED_LENS = BUNDLED_DIR / "tuned-lens.safetensors"  # fitted by minigpt tune-lens on the corpus's train split
 
 
 # -- the translators --------------------------------------------------------------------------
@@ -111,6 +120,12 @@ class TunedLens:
         if label not in self.A:
             raise InputError(f"the tuned lens has no translator for row {label!r}: it has {', '.join(self.A)}")
         return translate(np.asarray(resid), self.A[label], self.b[label])
+
+    @classmethod
+    def bundled(cls, model):
+        """The tuned lens that ships with minigpt's bundled model (minigpt.load()), fitted on the
+        train split of its corpus; refused for any other model."""
+        return cls.load(BUNDLED_TUNED_LENS, model)
 
     @classmethod
     def identity(cls, model):
@@ -522,7 +537,7 @@ def fit_tuned_lens(model, data, *, tokens=FIT_TOKENS, ridge=RIDGE, refine_steps=
     except KeyboardInterrupt:
         fit_state.save(*refine_state(), force=True)
         raise
-    fit = {**settings.__dict__, "data_tokens": int(len(all_tokens)), "data_bytes": int(n_bytes),
+    fit = {**settings.__dict__, "data_tokens": len(all_tokens), "data_bytes": int(n_bytes),
            "closed_form_positions": int(windows.size), "refine_positions": int(settings.refine_steps * per_step * T),
            "closed_form_seconds": round(closed_form_seconds, 3), "seconds": round(elapsed, 3),
            "wall_seconds_this_run": round(time.perf_counter() - started, 3),

@@ -8,12 +8,11 @@ Ctrl-C): the same command continues it. The command reaches minigpt through the 
 "minigpt.commands" (pyproject.toml).
 """
 
-import inspect
 import sys
 from pathlib import Path
 
 from minigpt.cli import add_model_argument, load_model
-from minigpt.errors import InputError, MiniGPTError
+from minigpt.errors import MiniGPTError
 from minigpt.files import check_output_path
 
 from .tuned import FIT_TOKENS, REFINE_LR, REFINE_STEPS, REFINE_TOKENS, RIDGE
@@ -31,7 +30,7 @@ def add_tune_lens_command(subparsers):
     )
     parser.add_argument("data", metavar="DATA", help="a UTF-8 text file, or a folder of .txt files (one document each)")
     parser.add_argument("--out", "-o", required=True, metavar="FILE", help="the translators to write (safetensors)")
-    add_model_argument(parser, required=False)
+    add_model_argument(parser)
     parser.add_argument("--tokens", type=int, default=FIT_TOKENS, metavar="N",
                         help=f"positions of the closed form, in evenly spread windows of the data (default {FIT_TOKENS})")
     parser.add_argument("--refine-steps", type=int, default=REFINE_STEPS, metavar="N",
@@ -51,18 +50,6 @@ def state_path(out) -> Path:
     return out.with_name(out.name + ".fit-state")
 
 
-def load_default_or_named(args):
-    """The model of -m, or minigpt.load()'s default model when there is one."""
-    if args.model is not None:
-        return load_model(args)
-    import minigpt
-
-    source = inspect.signature(minigpt.load).parameters["source"]
-    if source.default is inspect.Parameter.empty:
-        raise InputError("give the model to fit the lens of with -m NAME_OR_DIR")
-    return minigpt.load()
-
-
 def run_tune_lens(args) -> int:
     import lens
 
@@ -71,7 +58,7 @@ def run_tune_lens(args) -> int:
         raise MiniGPTError(f"--out {out} exists: choose another name (a tuned lens is never overwritten)")
     if not Path(args.data).exists():
         raise MiniGPTError(f"data not found: {args.data}")
-    model = load_default_or_named(args)
+    model = load_model(args)
     state = state_path(out)
     if state.exists():
         print(f"minigpt: continuing the fit saved in {state}", file=sys.stderr)

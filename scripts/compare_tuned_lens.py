@@ -37,10 +37,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import lens  # noqa: E402
-import minigpt  # noqa: E402
-from lens import tuned  # noqa: E402
-from minigpt.train import text_files, tokenize_files  # noqa: E402
+import lens
+import minigpt
+from lens import tuned
+from minigpt.train import text_files, tokenize_files
 
 
 def fit_ours(model, train, args):
