@@ -307,9 +307,7 @@ def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1,
 
 def check_translators(translators, model, norm, subblocks):
     """A TunedLens fitted on `model`, decoded as it was fitted (ln_f), on block rows only."""
-    from .tuned import TunedLens
-
-    if not isinstance(translators, TunedLens):
+    if not all(hasattr(translators, name) for name in ("translate", "check_model")):  # a lens.TunedLens
         raise InputError(f"translators must be a lens.TunedLens (from lens.fit_tuned_lens or TunedLens.load), "
                          f"found {type(translators).__name__}")
     translators.check_model(model)
