@@ -318,3 +318,37 @@ def entropy(result, **options):
 def target_ranks(result, **options):
     """Each row's top-1 guess, coloured by the rank of the true next token (log scale to 1000)."""
     return draw(result, "target-ranks", **options)
+
+
+# -- lens-eval's figure -----------------------------------------------------------------------
+
+LENS_STYLES = {"logit_lens": ("logit lens", "tab:blue", "o"), "tuned_lens": ("tuned lens", "tab:orange", "s")}
+
+
+def bits_per_byte(report):
+    """Bits per byte of each row over a corpus (the JSON of `minigpt lens-eval`), the logit lens
+    and, when the report holds it, the tuned lens on one chart: the tuned-lens paper's figure."""
+    matplotlib, FigureCanvasAgg, Figure, Rectangle = _matplotlib()
+    labels = list(report["labels"])
+    fig = Figure(figsize=(max(5.0, 0.55 * len(labels) + 2.0), 3.8), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for key, (name, color, marker) in LENS_STYLES.items():
+        if key in report:
+            values = [row["bits_per_byte"] for row in report[key]]
+            ax.plot(range(len(labels)), values, marker=marker, color=color, label=name, gid=key)
+    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 14 else 0, fontsize=TICK_FONT)
+    ax.set_xlabel("row (layer)", fontsize=LABEL_FONT)
+    ax.set_ylabel("bits per byte", fontsize=LABEL_FONT)
+    ax.set_yscale("log")  # the input row is often several times worse than the others
+    low, high = ax.get_ylim()
+    ticks = [t for t in (0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64) if low <= t <= high]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks], fontsize=TICK_FONT)
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=TICK_FONT)
+    data = Path(str(report.get("data", ""))).name
+    ax.set_title(f"{report['model_name']} on {data}: {report['tokens']:,} tokens, {report['bytes']:,} bytes (lower is better)",
+                 fontsize=LABEL_FONT)
+    fig.tight_layout()
+    return fig

@@ -19,6 +19,10 @@ weights/random-SIZE unless --checkpoint names one; values do not change the spee
            with the checkpoint already in the page cache.
   memory   peak resident memory (VmHWM) of a fresh process that loads the model and runs the
            lens (or the forward pass, without a lens) at --memory-tokens; one model per process.
+  lens-eval  `minigpt lens-eval`'s tokens/s over --eval-tokens tokens of tests/data/english-sample.txt
+           (lens.corpus.evaluate, the logit lens of every block), in this process and on a local
+           Dask cluster of 2 worker processes (its start and each worker's first load left out);
+           minigpt only. Any checkpoint (--checkpoint), such as the bundled model.
   train    tokens/s of one training step (forward, cross-entropy, backward, gradient clipping,
            AdamW) on a new model of --train-shape (n_layer x n_embd x n_head, default 8x256x8),
            batch --train-batch x --train-ctx tokens: minigpt `train.loss_and_grads` +
@@ -63,7 +67,8 @@ from minigpt.config import OFFICIAL  # noqa: E402
 from minigpt.files import atomic_write  # noqa: E402
 from minigpt.info import total_params  # noqa: E402
 
-PHASES = ("forward", "lens", "decode", "load", "memory", "train")
+PHASES = ("forward", "lens", "decode", "load", "memory", "train", "lens-eval")
+SAMPLE = ROOT / "tests" / "data" / "english-sample.txt"  # held-out English text (lens-eval phase)
 ISOLATED_SIZES = ("gpt2-large", "gpt2-xl")  # two copies would need > 6 GB
 GOALS = {"forward": 0.7, "lens": 0.5, "decode": 1.2, "load": 2.0, "memory": 1.15, "lens products": 0.75,
          "train": 1.5, "train matmul": 0.6}
@@ -253,6 +258,51 @@ def has_lens():
 
 def has_decode():
     return hasattr(minigpt.GPT2, "stream")
+
+
+def cpu_seconds(client=None):
+    """CPU time (user + system, every thread) this process has used, or the sum of the Dask
+    workers' (which hold the work when a client is given)."""
+    if client is None:
+        return time.process_time()
+    return sum(client.run(time.process_time).values())
+
+
+def lens_eval_seconds(checkpoint, n_tokens, client=None):
+    """Wall and CPU seconds `minigpt lens-eval` takes over the first n_tokens tokens of SAMPLE
+    (every block's row, the logit lens), in this process or on a Dask `client`.
+    -> (wall seconds, CPU seconds, report)"""
+    from lens import corpus
+
+    model = minigpt.load(checkpoint)
+    tokens, _ = corpus.read_tokens(SAMPLE, model.tokenizer, n_tokens)
+    rows = corpus.Rows.plan(model.config.n_layer)
+    run = corpus.Run(model=corpus.model_source(checkpoint), data=str(SAMPLE), files=1, n_ctx=model.config.n_ctx,
+                     labels=list(rows.labels), subblocks=False, stride=1, tuned=None, token_budget=n_tokens,
+                     shard_tokens=corpus.SHARD_TOKENS, data_sha256=corpus.tokens_sha256(tokens))
+    cpu = cpu_seconds(client)
+    started = time.perf_counter()
+    totals = corpus.evaluate(model, tokens, run, client=client)
+    return time.perf_counter() - started, cpu_seconds(client) - cpu, totals.report()
+
+
+def lens_eval_rates(checkpoint, n_tokens, workers=2, log=print):
+    """{setting: (tokens/s, CPU seconds per token)} of lens-eval in one process, and on a local
+    cluster of `workers` processes (each worker's first load of the model done before the timed
+    run). CPU time, unlike wall time, barely depends on what else the machine runs."""
+    from lens import corpus
+    from lens.cluster import dask_client
+
+    wall, cpu, report = lens_eval_seconds(checkpoint, n_tokens)
+    rates = {"1 process": (n_tokens / wall, cpu / n_tokens)}
+    with dask_client(workers=workers) as client:
+        client.run(corpus.preload, corpus.model_source(checkpoint))  # each worker maps the checkpoint once
+        wall, cpu, parallel_report = lens_eval_seconds(checkpoint, n_tokens, client)
+    rates[f"--workers {workers}"] = (n_tokens / wall, cpu / n_tokens)
+    assert parallel_report == report, "lens-eval on Dask must give the single process's figures"
+    for name, (rate, cost) in rates.items():
+        log(f"    {name}: {rate:.1f} tokens/s, {cost * 1e3:.1f} CPU ms per token")
+    return rates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,6 +671,18 @@ def run_benchmark(args, log=print):
             f"{rate:.0f} GFLOP/s = {fraction:.0%} of matmul (goal ≥ 60%: {'met' if fraction >= GOALS['train matmul'] else 'MISSED'}); "
             f"peak memory {memory['minigpt'] / 1e9:.2f} GB (HF {memory['hf'] / 1e9:.2f} GB)")
 
+    if "lens-eval" in phases:
+        model_config = checkpoint_config(args)
+        n = args.eval_tokens
+        log(f"lens-eval: {n} tokens, one process, then a local Dask cluster of 2 workers ...")
+        rates = lens_eval_rates(args.checkpoint, n, workers=2, log=log)
+        per_token = lens_flops(model_config, model_config.n_ctx) / model_config.n_ctx
+        for name, (rate, cpu) in rates.items():
+            gflops = rate * per_token / 1e9
+            row(f"lens-eval ({name})", rate, float("nan"), "tok/s", float("nan"), "", None,
+                f"{cpu * 1e3:.1f} CPU ms per token; {gflops:.0f} GFLOP/s = {gflops / limits['matmul_gflops']:.0%} of "
+                f"matmul ({per_token / 1e9:.3f} GFLOP per token, {model_config.n_layer + 1} rows)")
+
     results["limits_after"] = machine_limits(args.repeats)
     return results
 
@@ -634,14 +696,29 @@ def in_train_memory_subprocess(side, args):
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss"]
 
 
+def checkpoint_config(args):
+    """The config of the checkpoint measured (an official size's, or any other's)."""
+    from minigpt.config import read_config
+
+    return read_config(Path(args.checkpoint) / "config.json")
+
+
+def shapes_name(args):
+    """The official size the checkpoint has the shapes of, else the checkpoint folder's name."""
+    c, official = checkpoint_config(args), OFFICIAL[args.size]
+    same = all(getattr(c, k) == getattr(official, k) for k in ("n_layer", "n_embd", "n_head", "n_ctx", "vocab_size"))
+    return f"{args.size} shapes" if same else Path(args.checkpoint).name
+
+
 def markdown(args, machine, results, started, load_before, load_after):
-    c = OFFICIAL[args.size]
+    c = checkpoint_config(args)
     lim = results["limits_before"]
     after = results["limits_after"]
     lines = [
-        f"## {args.size} shapes, T = {args.tokens} ({started:%Y-%m-%d %H:%M} UTC)",
+        f"## {shapes_name(args)}, T = {args.tokens} ({started:%Y-%m-%d %H:%M} UTC)",
         "",
-        f"`python scripts/bench.py {' '.join(args.argv)}` on a random checkpoint in the official layout "
+        f"`python scripts/bench.py {' '.join(args.argv)}` on "
+        f"{'a random checkpoint in the official layout' if shapes_name(args).endswith('shapes') else args.checkpoint} "
         f"({c.n_layer} blocks, n_embd {c.n_embd}, {total_params(c) / 1e6:.0f}M parameters, "
         f"{weight_bytes(c) / 1e9:.2f} GB float32). Medians of {args.repeats} alternating runs (A B A B).",
         "",
@@ -682,6 +759,7 @@ def main(argv=None):
     parser.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decoding run (default 32)")
     parser.add_argument("--decode-prompt", type=int, default=16, help="prompt tokens before decoding (default 16)")
     parser.add_argument("--memory-tokens", type=int, default=None, help="T for the memory phase (default: --tokens)")
+    parser.add_argument("--eval-tokens", type=int, default=2048, help="tokens of the lens-eval phase (default 2048)")
     parser.add_argument("--isolate", action="store_true", help="every run in a fresh process holding one model")
     parser.add_argument("--train-shape", default="8x256x8", help="train phase: n_layer x n_embd x n_head (default 8x256x8)")
     parser.add_argument("--train-batch", type=int, default=8, help="train phase: texts per step (default 8)")

@@ -144,3 +144,12 @@ def test_light_run_still_names_where_nan_appears(tiny_checkpoint, tmp_path):
         model.logits(TEXT)
     with pytest.raises(NonFiniteError, match="first appears in block 0's attention"):
         model.run(TEXT, keep_resid_mid=False)
+
+
+def test_lens_eval_phase_times_the_command(random_checkpoint):
+    """The lens-eval phase times lens.corpus.evaluate over the sample's first tokens (its Dask half
+    is tests/test_lens_eval.py's: the same figures on 2 workers)."""
+    directory, _ = random_checkpoint
+    wall, cpu, report = bench.lens_eval_seconds(directory, 64)
+    assert wall > 0 and cpu > 0
+    assert report["tokens"] == 64 and [row["row"] for row in report["logit_lens"]] == ["input", "h0", "h1"]
