@@ -5,6 +5,7 @@
     minigpt lens --file essay.txt -m weights/gpt2 --window --view all --out figures/
     minigpt lens --example plasma -m gpt2 --html plasma.html             # hover a cell: its top 10
     minigpt lens "The Eiffel Tower is in" -m gpt2 --json - | jq .top1_readable
+    minigpt lens "The Eiffel Tower is in" -m gpt2 --tuned tuned.safetensors  # the tuned lens
 
 Without --out or --html it prints each row's guesses (top-1, or --top-k K) in a table as wide as
 the terminal, so the lens works over SSH with no figure at all; --out draws a figure (format from
@@ -74,6 +75,11 @@ def add_lens_command(subparsers):
     parser.add_argument(
         "--norm", default="ln_f", metavar="NORM",
         help=f"how a row is normalised before the unembedding: {', '.join(NORMS)} (default: ln_f, as the model does)",
+    )
+    parser.add_argument(
+        "--tuned", metavar="FILE", nargs="?", const="bundled",
+        help="the tuned lens: translate each row with the translators of FILE (from minigpt tune-lens) first; "
+             "without FILE, the tuned lens that ships with the bundled model",
     )
     parser.add_argument("--top-down", action="store_true", help="input row at the top, output row at the bottom")
     parser.add_argument("--json", metavar="FILE", help="write the numbers as JSON ('-': to standard output, alone)")
@@ -190,6 +196,13 @@ def check_folder_to_make(folder: Path) -> None:
 def check_outputs(args) -> None:
     """Refuse a bad --view, --out, --html or --json before any work (loading gpt2-xl takes a while)."""
     check_norm(args.norm, name="--norm")
+    if args.tuned is not None:
+        if args.subblocks:
+            raise InputError("--tuned has no translators for the rows after attention sub-blocks: drop --subblocks")
+        if args.norm != "ln_f":
+            raise InputError(f"--tuned decodes with ln_f, as the translators were fitted: drop --norm {args.norm}")
+        if args.tuned != "bundled" and not Path(args.tuned).is_file():
+            raise InputError(f"tuned lens file not found: {args.tuned}")
     if args.view != "all" and args.view not in VIEWS:
         raise InputError(f"unknown view {args.view!r}: choose one of {', '.join(VIEWS)}, all")
     if args.view == "all" and args.html is not None and args.out is None:
@@ -224,6 +237,11 @@ def run_lens(args) -> int:
     top_k = parse_top_k(args.top_k)
 
     model = load_model(args)
+    translators = None
+    if args.tuned == "bundled":
+        translators = lens.TunedLens.bundled(model)
+    elif args.tuned is not None:
+        translators = lens.TunedLens.load(args.tuned, model)
     if top_k is not None and top_k > model.config.vocab_size:
         raise InputError(f"--top-k must be at most the vocabulary size {model.config.vocab_size}, found {top_k}")
     if not args.window:  # a text that cannot fit is refused before tokenizing (50 MB would take 3 s, 600 MB)
@@ -235,7 +253,7 @@ def run_lens(args) -> int:
     positions = resolve_positions(selection, len(tokens))
     result = lens.logit_lens(
         model, np.asarray(tokens, dtype=np.int64), norm=args.norm, subblocks=args.subblocks,
-        stride=stride, positions=positions, progress=True,
+        stride=stride, positions=positions, translators=translators, progress=True,
     )
     if top_k is not None or args.html is not None:
         result.topk(top_k or HTML_TOP_K, progress=True)  # computed once, with a progress bar if slow
@@ -371,7 +389,7 @@ def format_table(result, top_down=False, width=None, topk_ids=None, every_positi
     first_shown = min(panels[0])
     shown = describe_positions(result.positions[[i for panel in panels for i in panel]])
     lines = textwrap.wrap(
-        f"logit lens on {result.model_name} (norm {result.norm}): {what} of each row, "
+        f"{result.method} on {result.model_name} (norm {result.norm}): {what} of each row, "
         f"{shown} of {len(result.tokens)} tokens", width,
     )
     order = range(len(labels)) if top_down else range(len(labels) - 1, -1, -1)

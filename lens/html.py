@@ -132,7 +132,7 @@ def to_html(result, *, top_k=TOP_K, top_down=False, view="logits", title=None) -
     if view not in VIEWS:
         raise InputError(f"unknown view {view!r}: choose one of {', '.join(VIEWS)}")
     norm_note = "" if result.norm == "ln_f" else f", norm={result.norm}"
-    title = title or f"logit lens on {result.model_name}{norm_note}"
+    title = title or f"{result.method} on {result.model_name}{norm_note}"
     options = "".join(
         f'<option value="{html.escape(v.name)}"{" selected" if v.name == view else ""}>'
         f"{html.escape(v.name)}: {html.escape(v.title)}</option>"

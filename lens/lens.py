@@ -103,8 +103,8 @@ def cell(dtype, undefined=None):
 
 @dataclass(repr=False)
 class LensResult:
-    """The logit lens of one text: per-cell arrays of shape (R rows, P positions).
-    Row 0 is the input, the last row the model's output. See docs/lens-math.md."""
+    """The logit lens (or tuned lens: `method`) of one text: per-cell arrays of shape (R rows,
+    P positions). Row 0 is the input, the last row the model's output. See docs/lens-math.md."""
 
     tokens: np.ndarray  # (T,) int64: the whole text
     positions: np.ndarray  # (P,) int64: the decoded positions
@@ -131,6 +131,7 @@ class LensResult:
     norm: str
     model_name: str
     tokenizer: object = None
+    method: str = "logit lens"  # or "tuned lens": the rows but the last were translated first
     _model: object = field(default=None, compare=False)
     _rows: list = field(default=None, compare=False)  # R residual arrays (T, d), for topk
     _topk: dict = field(default_factory=dict, compare=False)  # k -> (ids, probs), computed once
@@ -160,7 +161,7 @@ class LensResult:
 
     def __repr__(self):
         R, P = self.shape
-        return (f"LensResult({self.model_name!r}, norm={self.norm!r}, {R} rows x {P} positions "
+        return (f"LensResult({self.model_name!r}, {self.method}, norm={self.norm!r}, {R} rows x {P} positions "
                 f"of {len(self.tokens)} tokens, rows {self.labels[0]}..{self.labels[-1]})")
 
     def topk(self, k, progress=False):
@@ -190,7 +191,7 @@ class LensResult:
         of token ids, `<field>_readable` holds their strings (tokenizer.readable: a space as '␣');
         with top_k=K, also topk_ids, topk_probs and topk_readable (R, P, K)."""
         out = {
-            "model_name": self.model_name, "norm": self.norm,
+            "model_name": self.model_name, "norm": self.norm, "method": self.method,
             "labels": list(self.labels), "kinds": list(self.kinds), "blocks": self.blocks.tolist(),
         }
         for name in ("tokens", "positions", "input_tokens", "target_tokens", "final_top1", *self.CELL_FIELDS):
@@ -263,16 +264,20 @@ def check_model(model):
 
 
 def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1, positions=None,
-               progress=False) -> LensResult:
+               translators=None, progress=False) -> LensResult:
     """Decode the residual stream of every kept row at every chosen position.
 
     The model always runs on the whole text; `positions` (None, a slice or a list) only
     chooses which positions are decoded. `stride=k` keeps blocks 0, k, 2k, ... and the last;
     `subblocks=True` adds the resid_mid row (after attention) before each kept block's row.
+    `translators` (a lens.TunedLens fitted on this model): the tuned lens, each row but the last
+    translated (h + h A + b) before the decoding (norm ln_f only; no attention rows).
     `progress=True` shows a progress bar on stderr when the lens takes more than a few seconds.
     """
     check_model(model)
     check_norm(norm)
+    if translators is not None:
+        check_translators(translators, model, norm, subblocks)
     labels, blocks, kinds = row_plan(model.config.n_layer, subblocks=bool(subblocks), stride=stride)
     tokens = model.to_tokens(tokens_or_text)
     T = len(tokens)
@@ -281,6 +286,8 @@ def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1,
     with note_if_slow(f"lens: running {model.name} on {T} tokens (the forward pass)", progress):
         trace = model.run(tokens, keep_resid_mid=bool(subblocks))  # resid_mid: 315 MB for gpt2-xl at T = 1024
     rows = row_residuals(trace, blocks, kinds)
+    if translators is not None:  # the last row is the model's output: never translated
+        rows[:-1] = [translators.translate(label, row) for label, row in zip(labels[:-1], rows[:-1])]
     # with ln_f, the last row's logits are the model's own: the forward pass computed them already
     final_logits = trace.logits if norm == "ln_f" else None
     del trace  # rows are views into trace.residual (and trace.resid_mid with subblocks)
@@ -293,5 +300,19 @@ def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1,
         tokens=tokens, positions=positions, labels=labels, blocks=np.array(blocks, dtype=np.int64),
         kinds=kinds, input_tokens=input_tokens, target_tokens=target_tokens,
         final_top1=cells["top1"][-1].copy(), **cells,
-        norm=norm, model_name=model.name, tokenizer=model.tokenizer, _model=model, _rows=rows,
+        norm=norm, model_name=model.name, tokenizer=model.tokenizer,
+        method="logit lens" if translators is None else "tuned lens", _model=model, _rows=rows,
     )
+
+
+def check_translators(translators, model, norm, subblocks):
+    """A TunedLens fitted on `model`, decoded as it was fitted (ln_f), on block rows only."""
+    if not all(hasattr(translators, name) for name in ("translate", "check_model")):  # a lens.TunedLens
+        raise InputError(f"translators must be a lens.TunedLens (from lens.fit_tuned_lens or TunedLens.load), "
+                         f"found {type(translators).__name__}")
+    translators.check_model(model)
+    if norm != "ln_f":
+        raise InputError(f"the tuned lens decodes with ln_f, as it was fitted: norm={norm!r} cannot be used with translators")
+    if subblocks:
+        raise InputError("the tuned lens has no translators for the rows after attention sub-blocks: "
+                         "use subblocks=False with translators")

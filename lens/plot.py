@@ -248,7 +248,7 @@ def draw(result, view, *, top_down=False, columns=None, max_columns=MAX_COLUMNS)
 
     norm_note = "" if result.norm == "ln_f" else f", norm={result.norm}"
     fig.suptitle(
-        f"logit lens on {result.model_name}{norm_note}: {view.title}",
+        f"{result.method} on {result.model_name}{norm_note}: {view.title}",
         fontsize=TITLE_FONT, x=MARGIN_LEFT / width, ha="left", y=1 - 0.12 / height, va="top",
     )
     fig.text(  # what the outline means, under the bottom axis label

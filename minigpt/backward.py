@@ -139,9 +139,11 @@ def block_backward(dresid_post, acts, p, n_head, eps):
 
 def unembed_backward(dlogits, x, wte):
     """logits = x @ wte^T.   dx = dlogits @ wte,   dwte = dlogits^T @ x.
-    (..., V) -> dx (..., d), dwte (V, d). wte is tied: its other gradient comes from embed."""
-    dl2, x2 = dlogits.reshape(-1, dlogits.shape[-1]), x.reshape(-1, x.shape[-1])
-    return (dl2 @ wte).reshape(x.shape), dl2.T @ x2
+    (..., V) -> dx (..., d), dwte (V, d). wte is tied: its other gradient comes from embed.
+    x=None when the unembedding is frozen (the tuned lens): dwte is then None, not computed."""
+    dl2 = dlogits.reshape(-1, dlogits.shape[-1])
+    dx = (dl2 @ wte).reshape(*dlogits.shape[:-1], wte.shape[1])
+    return dx, (None if x is None else dl2.T @ x.reshape(-1, x.shape[-1]))
 
 
 def cross_entropy_backward(logits, targets):
