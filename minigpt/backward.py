@@ -22,12 +22,13 @@ GELU_CUBIC = 0.044715
 ROWS_PER_BLOCK = 4  # rows of logits per block of cross_entropy_backward: 4 x 50257 floats stay in cache
 
 
-def embed_backward(dx, tokens, vocab_size):
+def embed_backward(dx, tokens, vocab_size, dwte=None):
     """x = wte[tokens] + wpe[:T].  (..., T, d) -> dwte (V, d), dwpe (T, d)
     Each row of wte gets the sum of dx over the positions holding that token; position t of
-    wpe gets the sum of dx over the batch at t."""
+    wpe gets the sum of dx over the batch at t. `dwte`: a (V, d) gradient to add into (the
+    unembedding's, when wte is tied) instead of a new array of zeros."""
     d = dx.shape[-1]
-    dwte = np.zeros((vocab_size, d), dx.dtype)
+    dwte = np.zeros((vocab_size, d), dx.dtype) if dwte is None else dwte
     np.add.at(dwte, tokens.reshape(-1), dx.reshape(-1, d))  # repeated tokens add up (no overwrite)
     dwpe = dx.reshape(-1, *dx.shape[-2:]).sum(axis=0)
     return dwte, dwpe

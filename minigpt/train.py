@@ -84,11 +84,12 @@ def loss_and_grads(model, batch):
     block_grads = [None] * c.n_layer
     for l in reversed(range(c.n_layer)):
         dx, block_grads[l] = bw.block_backward(dx, acts["blocks"][l], params["h"][l], c.n_head, c.layer_norm_epsilon)
-    dwte, dwpe_used = bw.embed_backward(dx, inputs, c.vocab_size)
+    # tied: both uses of wte add up, the embedding's gradient added into the unembedding's
+    dwte, dwpe_used = bw.embed_backward(dx, inputs, c.vocab_size, dwte=dW_U if tied else None)
     dwpe = np.zeros_like(params["wpe"]["weight"])
     dwpe[: inputs.shape[1]] = dwpe_used
 
-    grads = {"wte": {"weight": dwte + dW_U if tied else dwte},  # tied: both uses of wte add up
+    grads = {"wte": {"weight": dwte},
              "wpe": {"weight": dwpe}, "h": block_grads, "ln_f": {"weight": dlnf_w, "bias": dlnf_b}}
     if not tied:
         grads["lm_head"] = {"weight": dW_U}

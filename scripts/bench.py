@@ -700,7 +700,8 @@ def checkpoint_config(args):
     """The config of the checkpoint measured (an official size's, or any other's)."""
     from minigpt.config import read_config
 
-    return read_config(Path(args.checkpoint) / "config.json")
+    path = Path(args.checkpoint) / "config.json"
+    return read_config(path) if path.is_file() else OFFICIAL[args.size]  # --phases train needs no checkpoint
 
 
 def shapes_name(args):

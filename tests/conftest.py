@@ -24,6 +24,20 @@ def tiny_checkpoint(tmp_path_factory):
     return make_checkpoint(directory, layout="official", seed=1234)
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint):
+    """The tiny checkpoint's folder (test files with checkpoints of their own define this again)."""
+    return tiny_checkpoint[0]
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    """The checkpoint, loaded (once per test file)."""
+    import minigpt
+
+    return minigpt.load(checkpoint)
+
+
 def run_cli(*args, input=None, cwd=None, env=None):
     """Run `python -m minigpt ARGS` in a subprocess, from this source tree."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import lens
-import minigpt
 from lens.cli import MAX_COLUMNS, cut, display_width, format_table, parse_positions, resolve_positions
 from lens.examples import EXAMPLES
 from minigpt.errors import InputError
@@ -18,16 +17,6 @@ from tests.conftest import ROOT, run_cli
 
 TEXT = "Sometimes, when people say plasma, they mean a state of matter."
 LONG_TEXT = " plasma" * 80  # 80 tokens: longer than the tiny model's 64 positions
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoint):
-    return tiny_checkpoint[0]
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return minigpt.load(checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import lens
-import minigpt
 from lens import corpus
 from minigpt.errors import MiniGPTError
 from minigpt.train import evaluate as train_evaluate
@@ -23,16 +21,6 @@ from tests.conftest import ROOT, run_cli
 
 SAMPLE = ROOT / "tests" / "data" / "english-sample.txt"
 BUDGET = 300  # tokens: a few windows of the tiny model's 64, cheap
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoint):
-    return tiny_checkpoint[0]
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return minigpt.load(checkpoint)
 
 
 def make_run(model, source, tokens, shard_tokens=64, subblocks=False, stride=1, tuned=None, budget=BUDGET):

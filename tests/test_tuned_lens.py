@@ -20,16 +20,6 @@ SMALL_FIT = dict(tokens=4096, refine_steps=4, refine_tokens=128, lr=3e-3)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoint):
-    return tiny_checkpoint[0]
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return minigpt.load(checkpoint)
-
-
-@pytest.fixture(scope="module")
 def fitted(model):
     return lens.fit_tuned_lens(model, TRAIN, **SMALL_FIT)
 
