@@ -78,6 +78,34 @@ def test_adamw_matches_torch(tmp_path):
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
 
 
+def test_adamw_in_pieces_is_the_formula(monkeypatch):
+    """The update runs on pieces in threads: with pieces of 7 elements (not dividing any size)
+    every element still gets the textbook formula, and a strided parameter is refused."""
+    monkeypatch.setattr(train, "ADAMW_CHUNK", 7)
+    rng = np.random.default_rng(0)
+    params = {"wte": {"weight": rng.standard_normal((10, 6))}, "ln_f": {"bias": rng.standard_normal(6)}}
+    grads, m, v = (train.tree_map(lambda p: rng.standard_normal(p.shape), params) for _ in range(3))
+    v = train.tree_map(np.abs, v)
+    expected = {}
+    for key, name in (("wte", "weight"), ("ln_f", "bias")):
+        p, g, m0, v0 = (t[key][name].copy() for t in (params, grads, m, v))
+        p = p * (1 - 0.01 * 0.1) if key == "wte" else p  # decay on the matrix only
+        m1, v1 = 0.9 * m0 + 0.1 * g, 0.95 * v0 + 0.05 * g * g
+        expected[key] = p - 0.01 / (1 - 0.9**3) * m1 / (np.sqrt(v1) / np.sqrt(1 - 0.95**3) + 1e-8)
+    train.adamw_update(params, grads, m, v, 3, 0.01, weight_decay=0.1)
+    for key, name in (("wte", "weight"), ("ln_f", "bias")):
+        np.testing.assert_allclose(params[key][name], expected[key], rtol=1e-12)
+    params["wte"]["weight"] = np.asfortranarray(params["wte"]["weight"])
+    with pytest.raises(ValueError, match="wte.weight"):
+        train.adamw_update(params, grads, m, v, 4, 0.01)
+
+
+def test_freed_memory_is_kept_on_glibc():
+    import platform
+
+    assert train.keep_freed_memory() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
 def test_schedule_and_decay_rule():
     lrs = [train.learning_rate(s, 1.0, 10, 110) for s in range(111)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
