@@ -9,6 +9,10 @@ float16 weights shipped) beside xz -9e, bzip2 -9 and zstd -19 compressing the sa
 the run's steps, tokens and wall time; LICENSES.md (the corpus's licences and attributions,
 the WordNet notice among them); and README.md, the model card, written from those figures, the
 run's settings and the run folder's NOTES.txt (what happened during the run).
+
+A run that continued another (`minigpt train --init EARLIER_RUN_DIR`) is bundled with its
+history: each run folder its `--init` names, back to a new model, is a stage of the card's
+training section, the loss curve and log.jsonl (steps and tokens counted from the first stage).
 """
 
 import argparse
@@ -53,13 +57,34 @@ def cpu_flags():
     return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "neither AVX2 nor AVX-512"
 
 
-def draw_loss_curve(log, path, name):
+def run_stages(run_dir):
+    """The run folders that made this run's weights, first to last: the run, preceded by the run
+    its --init named (if that is a run folder), and so on back to a new model."""
+    stages = [Path(run_dir)]
+    while True:
+        init = json.loads((stages[0] / train.SETTINGS_FILE).read_text()).get("init")
+        if not init or not (Path(init) / train.SETTINGS_FILE).is_file():
+            return stages
+        stages.insert(0, Path(init))
+
+
+def joined_log(stages):
+    """The stages' log.jsonl records as one run: each record gets its "stage" (1, 2, ...) and
+    its step and token counts continue from the stage before."""
+    records, steps, tokens = [], 0, 0
+    for number, stage in enumerate(stages, 1):
+        lines = [json.loads(line) for line in (stage / train.LOG_FILE).read_text().splitlines() if line.strip()]
+        records += [{**r, "stage": number, "step": r["step"] + steps, "tokens": r["tokens"] + tokens} for r in lines]
+        steps, tokens = records[-1]["step"], records[-1]["tokens"]
+    return records
+
+
+def draw_loss_curve(records, path, name):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in log.read_text().splitlines()]
     tokens = np.array([r["tokens"] for r in records]) / 1e6
     bpb = np.array([r["bpb"] for r in records])
     window = 25
@@ -69,6 +94,11 @@ def draw_loss_curve(log, path, name):
     ax.plot(tokens, bpb, color="0.8", lw=0.6, label="train (each step)")
     ax.plot(tokens[window - 1 :], smooth, color="C0", label=f"train ({window}-step mean)")
     ax.plot(*zip(*val), "o-", color="C3", label="validation")
+    for before, after in zip(records, records[1:]):
+        if after["stage"] != before["stage"]:
+            ax.axvline(before["tokens"] / 1e6, color="0.4", ls="--", lw=0.8)
+            ax.annotate(f"stage {after['stage']}: --init, new warm-up", (before["tokens"] / 1e6, 0.97),
+                        xycoords=("data", "axes fraction"), ha="left", va="top", fontsize=8, color="0.3")
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("bits per byte")
     ax.set_ylim(top=min(4.0, bpb.max()))
@@ -84,13 +114,14 @@ def train_command(settings: dict) -> str:
     flags = {"val": "--val", "n_layer": "--n-layer", "n_embd": "--n-embd", "n_head": "--n-head", "n_ctx": "--n-ctx",
              "batch_size": "--batch-size", "steps": "--steps", "lr": "--lr", "min_lr": "--min-lr", "warmup": "--warmup",
              "weight_decay": "--weight-decay", "clip": "--clip", "seed": "--seed", "eval_interval": "--eval-interval",
-             "eval_tokens": "--eval-tokens"}
+             "eval_tokens": "--eval-tokens", "init": "--init", "out": "--out"}
+
     def shown(key):  # a corpus path as the README builds it (corpus/train), not this machine's
         value = settings[key]
-        return "/".join(Path(value).parts[-2:]) if key in ("data", "val") else value
+        return "/".join(Path(value).parts[-2:]) if key in ("data", "val") else Path(value).name if key in ("init", "out") else value
 
     parts = ["minigpt train", shown("data")] + [f"{flag} {shown(key)}" for key, flag in flags.items()
-                                                if settings.get(key) is not None]
+                                                if settings.get(key) is not None and not (key in ("n_layer", "n_embd", "n_head") and settings.get("init"))]
     return " \\\n        ".join([" ".join(parts[:2])] + [" ".join(parts[2 + i : 6 + i]) for i in range(0, len(parts) - 2, 4)])
 
 
@@ -103,6 +134,10 @@ def model_card(name, metrics, config, manifest, notes) -> str:
                          for s in manifest["sources"])
     compressors = ", ".join(f"`{k}` {v:.3f}" for k, v in t["compressors_bits_per_byte"].items())
     hours = run["wall_seconds"] / 3600
+    stages = "\n\n".join(
+        (f"Stage {i} ({stage['steps']:,} steps, {stage['tokens']:,} tokens, {stage['wall_seconds'] / 3600:.2f} hours):\n\n"
+         if len(run["stages"]) > 1 else "") + f"    {train_command(stage['settings'])}"
+        for i, stage in enumerate(run["stages"], 1))
     return f"""# {name}
 
 A small GPT-2 trained by minigpt itself, with its own NumPy backward pass and AdamW, on a CPU,
@@ -135,9 +170,9 @@ token; the float32 weights before storage: {t['bits_per_byte_float32']:.3f}). Th
 
 ## How it was trained
 
-    {train_command(run['settings'])}
+{stages}
 
-{run['steps']:,} steps of {run['settings']['batch_size']} × {run['settings']['n_ctx']} tokens:
+In all {run['steps']:,} steps of {run['settings']['batch_size']} × {run['settings']['n_ctx']} tokens:
 {run['tokens']:,} tokens, about {run['tokens'] / manifest['splits']['train']['tokens']:.2f} passes over the
 training split. Wall time {hours:.2f} hours of training steps on {m['cores']} CPU cores ({m['simd']}),
 shared with other work. What happened during the run:
@@ -188,22 +223,27 @@ def main(argv=None):
     train.save_model(out, run.params, run.config, run.tokenizer, dtype=np.float16)
     for name in ("vocab.json", "merges.txt"):  # the official tokenizer: minigpt/data has it
         (out / name).unlink()
-    shutil.copy(args.run / "log.jsonl", out / "log.jsonl")
+    stages = run_stages(args.run)
+    log = joined_log(stages)
+    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     shipped = minigpt.load(out)
 
     cache = args.run / "data"
     nats32, counted, n_bytes = test_split_loss(run, args.corpus, cache, args.test_tokens)
     nats16, _, _ = test_split_loss(shipped, args.corpus, cache, args.test_tokens)
     compressors = build_corpus_module().compressor_bits_per_byte(build_corpus_module().split_bytes(args.corpus, "test"))
-    state = json.loads((args.run / "run.json").read_text())
-    log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines()]
+    per_stage = [{"settings": json.loads((stage / train.SETTINGS_FILE).read_text()),
+                  "steps": max(r["step"] for r in log if r["stage"] == i) - min(r["step"] for r in log if r["stage"] == i) + 1,
+                  "tokens": sum(r["tokens"] - p["tokens"] for p, r in zip([{"tokens": 0}] + log, log) if r["stage"] == i),
+                  "wall_seconds": round(sum(r["seconds"] for r in log if r["stage"] == i))}
+                 for i, stage in enumerate(stages, 1)]
     metrics = {
         "test_split": {"tokens_scored": counted, "bytes": round(n_bytes),
                        "nats_per_token_float32": nats32, "nats_per_token_float16": nats16,
                        "bits_per_byte_float32": nats32 * counted / n_bytes / math.log(2),
                        "bits_per_byte_float16": nats16 * counted / n_bytes / math.log(2),
                        "compressors_bits_per_byte": compressors},
-        "training": {"settings": state, "steps": log[-1]["step"], "tokens": log[-1]["tokens"],
+        "training": {"stages": per_stage, "settings": per_stage[-1]["settings"], "steps": log[-1]["step"], "tokens": log[-1]["tokens"],
                      "wall_seconds": round(sum(r["seconds"] for r in log)),
                      "final_val_bpb": [r for r in log if "val_bpb" in r][-1]["val_bpb"]},
         "machine": {"cpu": platform.processor() or platform.machine(), "simd": cpu_flags(),
@@ -213,10 +253,11 @@ def main(argv=None):
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     shutil.copy(args.corpus / "LICENSES.md", out / "LICENSES.md")
     manifest = json.loads((args.corpus / "manifest.json").read_text())
-    notes_file = args.run / "NOTES.txt"
-    notes = "\n".join(f"- {line}" for line in notes_file.read_text().splitlines() if line.strip()) if notes_file.is_file() else "- nothing of note"
+    notes = "\n".join(f"- {'stage ' + str(i) + ': ' if len(stages) > 1 else ''}{line}"
+                      for i, stage in enumerate(stages, 1) if (stage / "NOTES.txt").is_file()
+                      for line in (stage / "NOTES.txt").read_text().splitlines() if line.strip()) or "- nothing of note"
     (out / "README.md").write_text(model_card(args.name, metrics, run.config, manifest, notes))
-    draw_loss_curve(args.run / "log.jsonl", out / "loss-curve.png", args.name)
+    draw_loss_curve(log, out / "loss-curve.png", args.name)
     print(json.dumps(metrics["test_split"], indent=2))
 
 
