@@ -101,3 +101,25 @@ def test_reproduce_post_falls_back_to_it_and_says_so(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == BUNDLED
     assert "gpt2-xl is not downloaded; rendering with minigpt-english-8x192" in done.stderr
+
+
+def test_bundle_script_joins_a_continued_run_with_its_history(tmp_path):
+    """scripts/bundle_model.py on a run started with --init EARLIER_RUN: both stages, oldest
+    first, one log whose steps and tokens continue across the stages."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bundle_model", ROOT / "scripts" / "bundle_model.py")
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, init, steps in ((first, None, 3), (second, str(first), 2)):
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"init": init, "steps": steps}))
+        (folder / "log.jsonl").write_text("".join(
+            json.dumps({"step": s, "tokens": 100 * s, "bpb": 3.0 - s / 10, "seconds": 1.0}) + "\n" for s in range(1, steps + 1)))
+    (tmp_path / "gpt2-like").mkdir()  # an --init that is a model, not a run folder, ends the chain
+    assert bundle.run_stages(second) == [first, second]
+    log = bundle.joined_log([first, second])
+    assert [(r["stage"], r["step"], r["tokens"]) for r in log] == [(1, 1, 100), (1, 2, 200), (1, 3, 300), (2, 4, 400), (2, 5, 500)]
+    (first / "run.json").write_text(json.dumps({"init": str(tmp_path / "gpt2-like")}))
+    assert bundle.run_stages(second) == [first, second]
