@@ -41,6 +41,7 @@ from minigpt.parallel import N_THREADS, in_threads
 from minigpt.train import (
     adamw_update,
     batch_at,
+    keep_freed_memory,
     learning_rate,
     text_files,
     tokenize_files,
@@ -340,6 +341,7 @@ def kl_and_grads(model, params, resid, chunk=KL_CHUNK):
         dlogits = kl_backward(...)                       (c, V)
         dt      = layer_norm_backward(unembed_backward(dlogits))
         dA      = h^T dt,   db = sum over positions of dt"""
+    keep_freed_memory()  # each row's (chunk, V) logits would otherwise arrive as fresh pages
     N, eps = resid.shape[1], model.config.layer_norm_epsilon
     ln_f, W_U = model.params["ln_f"], unembedding(model)
     grads = tree_map(np.zeros_like, params)

@@ -14,7 +14,9 @@ A benchmark, not a test. On the same model, the same training text and the same 
    prints per row the cross-entropy against the true next token (bits per byte) and
    KL(final || row) (nats per token) of each, and both fit times.
 Goals (issue 16): ours no worse than theirs + 0.02 bits per byte at any row; fitted in at most
-a fifth of their time. --ours-only skips the package (the table then has no "theirs" column).
+a fifth of their time. --ours-only skips the package (the table then has no "theirs" column);
+--reuse-theirs takes the package's lens and fit time from an earlier run in the same --work
+(its theirs.safetensors and --json figures.json) and fits only ours again.
 
 The package's venv (outside the checkout; nothing of the package is committed here):
     python -m venv /root/venv-tunedlens
@@ -156,6 +158,9 @@ def main():
     parser.add_argument("--their-steps", type=int, default=64, help="the package's optimizer steps over --tokens")
     parser.add_argument("--eval-tokens", type=int, default=2**15, help="held-out positions evaluated")
     parser.add_argument("--ours-only", action="store_true", help="skip the package")
+    parser.add_argument("--reuse-theirs", action="store_true",
+                        help="the package's lens and fit time from an earlier run in the same --work (theirs.safetensors "
+                             "and the --json figures.json it wrote), instead of training it again")
     parser.add_argument("--ours", type=Path, help="evaluate this lens (from minigpt tune-lens) instead of fitting ours")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--cost", action="store_true",
@@ -183,9 +188,14 @@ def main():
         ours.save(args.work / "ours.safetensors")
     lenses = {"logit": None, "ours": ours}
     times = {"ours": ours_seconds, "ours_closed_form": ours.fit["closed_form_seconds"]}
-    if not args.ours_only:
+    if args.reuse_theirs:
+        earlier = json.loads((args.work / "figures.json").read_text())["times"]
+        theirs, their_seconds, their_tokens = (tuned.TunedLens.load(args.work / "theirs.safetensors", model),
+                                               earlier["theirs"], earlier["their_tokens"])
+    elif not args.ours_only:
         theirs, their_seconds, their_tokens = fit_theirs(Path(args.model), args.train, model, args)
         theirs.save(args.work / "theirs.safetensors")
+    if args.reuse_theirs or not args.ours_only:
         lenses["theirs"] = theirs
         times.update(theirs=their_seconds, their_tokens=their_tokens)
 
