@@ -160,8 +160,8 @@ On the corpus's held-out test split ({t['bytes']:,} bytes, {t['tokens_scored']:,
 windows of {config.n_ctx}): **{ours:.3f} bits per byte** ({t['nats_per_token_float16']:.3f} nats per
 token; the float32 weights before storage: {t['bits_per_byte_float32']:.3f}). The same text compressed:
 {compressors} bits per byte. The model is {100 * (1 - ours / best_bpb):.1f}% below the best compressor
-({best}). The goals set for it were ≤ 1.6 bits per byte and 20% below the best compressor
-(≤ {0.8 * best_bpb:.3f}): {"both met" if ours <= min(1.6, 0.8 * best_bpb) else "not met: see *Limits*"}.
+({best}). The goals set for it: ≤ 1.6 bits per byte ({"met" if ours <= 1.6 else "**not met**"}), and at least
+20% below the best compressor, ≤ {0.8 * best_bpb:.3f} ({"met" if ours <= 0.8 * best_bpb else "**not met**"}).
 
 ![loss while training](loss-curve.png)
 
@@ -204,7 +204,7 @@ asking for. Use it to learn and to test how GPT-2 works inside, not to generate 
 
 ## Limits
 
-{"" if ours <= min(1.6, 0.8 * best_bpb) else f"It does not reach the goals above: {ours:.3f} bits per byte against ≤ 1.6. The run was sized to finish inside one working session on a shared two-core machine; a longer run (more passes over the corpus) would lower the figure."}
+{"" if ours <= min(1.6, 0.8 * best_bpb) else f"It does not reach every goal above: {ours:.3f} bits per byte against {' and '.join(f'≤ {goal:.3f}' for goal in (1.6, 0.8 * best_bpb) if ours > goal)}. The runs were sized to finish inside working sessions on a shared two-core machine; more passes over the corpus, or a wider model, would lower the figure."}
 Measured by `scripts/bundle_model.py`, which wrote this card.
 """
 
