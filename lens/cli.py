@@ -33,7 +33,7 @@ from minigpt.tokenizer import check_text
 
 from .decode import NORMS, check_norm
 from .examples import EXAMPLES
-from .lens import check_stride, select_positions
+from .lens import select_positions
 from .plot import FORMATS, MAX_COLUMNS, VIEWS, describe_positions, figure_format
 
 TABLE_WIDTH = 100  # characters the terminal table fits in when the terminal's width is unknown
@@ -113,25 +113,20 @@ def lens_text(args) -> str:
     return check_text(read_text(args))
 
 
-def parse_stride(value: str) -> int:
-    try:
-        stride = int(value)
-    except ValueError:
-        raise InputError(f"--stride must be a whole number, found {value!r}") from None
-    return check_stride(stride, name="--stride")
-
-
-def parse_top_k(value):
-    """--top-k K: None, or a whole number >= 1 (the model's vocabulary bounds it later)."""
+def whole_number(value, option, minimum=1):
+    """A command-line option's value as an int >= minimum (None stays None), or a one-line error
+    naming the option."""
     if value is None:
         return None
     try:
-        k = int(value)
+        number = int(value)
     except ValueError:
-        raise InputError(f"--top-k must be a whole number, found {value!r}") from None
-    if k < 1:
-        raise InputError(f"--top-k must be at least 1, found {k}")
-    return k
+        raise InputError(f"{option} must be a whole number, found {value!r}") from None
+    if number < minimum:
+        raise InputError(f"{option} must be at least {minimum}, found {number}")
+    return number
+
+
 
 
 def parse_positions(spec: str | None):
@@ -232,9 +227,9 @@ def run_lens(args) -> int:
 
     text = lens_text(args)
     check_outputs(args)
-    stride = parse_stride(args.stride)
+    stride = whole_number(args.stride, "--stride")
     selection = parse_positions(args.positions)
-    top_k = parse_top_k(args.top_k)
+    top_k = whole_number(args.top_k, "--top-k")  # the vocabulary bounds it later
 
     model = load_model(args)
     translators = None

@@ -19,7 +19,7 @@ from minigpt.errors import InputError, MiniGPTError
 from minigpt.files import atomic_write, check_output_path
 
 from . import corpus
-from .lens import check_stride
+from .cli import whole_number
 
 
 def add_lens_eval_command(subparsers):
@@ -53,25 +53,13 @@ def add_lens_eval_command(subparsers):
     parser.set_defaults(run=run_lens_eval)
 
 
-def whole_number(value, option, minimum=1):
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise InputError(f"{option} must be a whole number, found {value!r}") from None
-    if number < minimum:
-        raise InputError(f"{option} must be at least {minimum}, found {number}")
-    return number
-
-
 def state_path(json_path) -> Path:
     return Path(f"{json_path}.state")
 
 
 def check_options(args):
     """Everything that can be refused before reading the data or loading the model."""
-    stride = check_stride(whole_number(args.stride, "--stride"), name="--stride")
+    stride = whole_number(args.stride, "--stride")
     budget = whole_number(args.tokens, "--tokens")
     shard_tokens = whole_number(args.shard_tokens, "--shard-tokens")
     workers = whole_number(args.workers, "--workers")
