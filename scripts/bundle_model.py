@@ -232,11 +232,13 @@ def main(argv=None):
     nats32, counted, n_bytes = test_split_loss(run, args.corpus, cache, args.test_tokens)
     nats16, _, _ = test_split_loss(shipped, args.corpus, cache, args.test_tokens)
     compressors = build_corpus_module().compressor_bits_per_byte(build_corpus_module().split_bytes(args.corpus, "test"))
-    per_stage = [{"settings": json.loads((stage / train.SETTINGS_FILE).read_text()),
-                  "steps": max(r["step"] for r in log if r["stage"] == i) - min(r["step"] for r in log if r["stage"] == i) + 1,
-                  "tokens": sum(r["tokens"] - p["tokens"] for p, r in zip([{"tokens": 0}] + log, log) if r["stage"] == i),
-                  "wall_seconds": round(sum(r["seconds"] for r in log if r["stage"] == i))}
-                 for i, stage in enumerate(stages, 1)]
+    per_stage, tokens_before = [], 0
+    for i, stage in enumerate(stages, 1):
+        records = [r for r in log if r["stage"] == i]  # one record per step
+        per_stage.append({"settings": json.loads((stage / train.SETTINGS_FILE).read_text()), "steps": len(records),
+                          "tokens": records[-1]["tokens"] - tokens_before,
+                          "wall_seconds": round(sum(r["seconds"] for r in records))})
+        tokens_before = records[-1]["tokens"]
     metrics = {
         "test_split": {"tokens_scored": counted, "bytes": round(n_bytes),
                        "nats_per_token_float32": nats32, "nats_per_token_float16": nats16,
