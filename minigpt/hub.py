@@ -36,7 +36,7 @@ from pathlib import Path
 from .checkpoint import weight_files
 from .config import BUNDLED, BUNDLED_DIR, OFFICIAL
 from .errors import CheckpointError, HubError, InputError, ModelNotCachedError
-from .files import atomic_write
+from .files import atomic_write, protect
 
 OFFICIAL_OWNER = "openai-community"  # the hub organisation holding OpenAI's GPT-2 checkpoints
 
@@ -311,6 +311,7 @@ def copy_checkpoint(source: Path, destination: Path) -> Path:
     if destination.exists() and not destination.is_dir():
         raise InputError(f"--to {destination}: it exists and is not a folder")
     destination.mkdir(parents=True, exist_ok=True)
+    protect(checkpoint_files(source))  # --to naming the cache's own folder must not copy a file onto itself
     for path in checkpoint_files(source):
         copy_file(path, destination / path.name)
     return destination
