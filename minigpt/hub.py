@@ -174,8 +174,6 @@ def _known_absent(repo_id, commit, filename) -> bool:
 
 def download_snapshot(repo_id, revision, name) -> Path:
     """Fetch the files minigpt reads into the cache (only those missing) and return the folder."""
-    from huggingface_hub import snapshot_download
-
     with _hub_errors(name, repo_id, revision):
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_FILES)))
         if not (folder / WEIGHTS).is_file() and (folder / INDEX).is_file():
@@ -195,6 +193,72 @@ def download_snapshot(repo_id, revision, name) -> Path:
     if missing:
         raise HubError(f"{repo_id} on the hub lacks {missing[0]}, a shard its index names")
     return folder
+
+
+class _Stopped(BaseException):
+    """Raised in huggingface_hub's download threads once the user interrupted: BaseException, so
+    that no `except Exception` on the way retries the transfer."""
+
+
+def snapshot_download(repo_id, **options) -> str:
+    """huggingface_hub's snapshot_download, stopped at once by Ctrl-C, SIGTERM or SIGHUP.
+
+    huggingface_hub downloads in worker threads and, interrupted, waits for them: for the file
+    under way to finish (gpt2-xl: minutes). Here the download runs in a thread of its own while
+    this one waits, so an interruption reaches the caller at once. The transfer is stopped where
+    it is: the workers' progress bar raises at their next chunk (huggingface_hub then removes its
+    partial file), and the partial files this process still has open are removed now, for a
+    transfer that has stalled. Files complete before the interruption stay in the cache."""
+    import threading
+
+    import huggingface_hub
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    stop = threading.Event()
+
+    class StoppableBar(hub_tqdm):  # huggingface_hub's bar (HF_HUB_DISABLE_PROGRESS_BARS applies)
+        def update(self, n=1):
+            if stop.is_set():
+                raise _Stopped
+            return super().update(n)
+
+    outcome = {}
+
+    def fetch():
+        try:
+            outcome["folder"] = huggingface_hub.snapshot_download(repo_id, tqdm_class=StoppableBar, **options)
+        except BaseException as err:  # handed to the waiting thread, which raises it
+            outcome["error"] = err
+
+    worker = threading.Thread(target=fetch, name="minigpt-download", daemon=True)
+    worker.start()
+    try:
+        worker.join()
+    except BaseException:
+        stop.set()
+        _remove_open_partial_files()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["folder"]
+
+
+def _remove_open_partial_files():
+    """Remove the files huggingface_hub is downloading into (`*.incomplete` in its cache) that
+    this process has open: their names are unique to this download and never reused. Linux
+    lists a process's open files in /proc/self/fd; elsewhere nothing is removed."""
+    cache = os.path.realpath(_hub_cache())
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in descriptors:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.endswith(".incomplete") and path.startswith(cache + os.sep):
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def fetch_config(repo_id) -> Path:

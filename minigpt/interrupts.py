@@ -81,8 +81,21 @@ PAUSE_VARIABLE = "MINIGPT_TEST_PAUSE"
 
 def pause_for_tests(moment: str):
     """Tests stop the process at a named moment (MINIGPT_TEST_PAUSE=moment) to send it a signal
-    there: it says so on stderr and waits for a signal. Nothing happens otherwise."""
-    if os.environ.get(PAUSE_VARIABLE) == moment:
+    there: it says so on stderr and waits for a signal. Nothing happens otherwise.
+
+    The wait reads the pipe Python's own C-level handler writes each signal's number to
+    (set_wakeup_fd): whichever thread the signal lands on, and even if it lands before the read,
+    the read returns; the Python handler then runs here, as it would have at this moment."""
+    if os.environ.get(PAUSE_VARIABLE) != moment:
+        return
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+    previous = signal.set_wakeup_fd(writable)
+    try:
         sys.stderr.write(f"minigpt-test: paused at {moment}\n")
         sys.stderr.flush()
-        signal.pause()
+        os.read(readable, 1)
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(readable)
+        os.close(writable)
