@@ -165,6 +165,12 @@ def _named_errors(path):
         raise MiniGPTError(f"cannot write {path}: {err.strerror or err}") from err
 
 
+def display_name(name: str) -> str:
+    """A file name as text every output can hold (a figure's title, JSON, HTML, a terminal): the
+    bytes of a name that is not UTF-8, which Python carries as lone surrogates, shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0o022)

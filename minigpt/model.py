@@ -13,6 +13,7 @@ from .checkpoint import load_params
 from .config import Config, read_config
 from .diagnose import locate_nonfinite
 from .errors import InputError, NonFiniteError
+from .files import display_name
 from .generate import TokenStream, generate
 from .tokenizer import Tokenizer, check_text
 
@@ -43,7 +44,7 @@ class GPT2:
         directory = Path(directory)
         config = read_config(directory / "config.json")
         params = load_params(directory, config, dtype=dtype)
-        return cls(config, params, Tokenizer.from_directory(directory), name=directory.name)
+        return cls(config, params, Tokenizer.from_directory(directory), name=display_name(directory.name))
 
     def __repr__(self):
         c = self.config
