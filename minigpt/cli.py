@@ -370,17 +370,17 @@ def parse_arguments(parser, argv=None):
 def main(argv=None) -> int:
     """The command line. argv None: the process's own (sys.argv), as the `minigpt` command and
     `python -m minigpt` run it; tests pass a list and run it in their own process."""
-    interrupts.install()  # first, before the heavy imports below (NumPy, the commands' modules)
-    files.forget_inputs()
     real_stdout, real_stderr = sys.stdout, sys.stderr
-    if argv is None:
-        occupy_closed_descriptors()
-    sys.stdout = NamedOutput(sys.stdout, "standard output")
-    for stream in (sys.stdout, sys.stderr):
-        fall_back_on_unencodable(stream)
     try:
-        interrupts.pause_for_tests("starting")
-        return _main(argv)
+        with interrupts.installed():  # first, before the heavy imports below (NumPy, the commands' modules)
+            files.forget_inputs()
+            if argv is None:
+                occupy_closed_descriptors()
+            sys.stdout = NamedOutput(sys.stdout, "standard output")
+            for stream in (sys.stdout, sys.stderr):
+                fall_back_on_unencodable(stream)
+            interrupts.pause_for_tests("starting")
+            return _main(argv)
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP, at any moment
         say("minigpt: interrupted")
         if argv is None:
@@ -388,6 +388,7 @@ def main(argv=None) -> int:
         return interrupts.exit_code(err)
     finally:
         sys.stdout, sys.stderr = real_stdout, real_stderr
+        files.forget_inputs()
 
 
 def leave_now(code: int) -> None:

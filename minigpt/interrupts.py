@@ -37,13 +37,21 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
-def install():
-    """The command line's handlers: SIGTERM and SIGHUP raise Interrupted (Ctrl-C already raises
-    KeyboardInterrupt). A signal the parent process ignores (nohup, a background job) stays
-    ignored: the user asked for that."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) == signal.SIG_DFL:
-            signal.signal(sig, _raise_interrupted)
+@contextmanager
+def installed():
+    """The command line's handlers, for the duration of the block: SIGTERM and SIGHUP raise
+    Interrupted (Ctrl-C already raises KeyboardInterrupt). A signal the parent process ignores
+    (nohup, a background job) stays ignored: the user asked for that. The previous handlers come
+    back at the end (tests run many commands in one process)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        for sig, handler in previous.items():
+            if handler == signal.SIG_DFL:
+                signal.signal(sig, _raise_interrupted)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 @contextmanager

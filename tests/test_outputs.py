@@ -17,7 +17,8 @@ import pytest
 from minigpt import cli
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write, forget_inputs, names_a_descriptor, output_target, protect
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
+from tests.hub_server import FakeHub, files_of_folder
 from tests.test_hub import shard
 
 
@@ -107,6 +108,25 @@ def test_an_ordinary_output_still_works_and_inputs_are_forgotten_after_the_run(c
     assert code == 0, err
     with atomic_write(checkpoint.parent / "elsewhere.json", "w") as f:  # the run's inputs were forgotten
         f.write("{}")
+
+
+def test_download_to_the_caches_own_folder_is_refused(tmp_path, checkpoint):
+    """`download NAME --to` the snapshot folder would copy each file onto itself (its blob)."""
+    server = FakeHub()
+    server.add_repo("acme/tiny").commit(files_of_folder(checkpoint))
+    server.start()
+    try:
+        env = {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        snapshot_folder = Path(run_cli("download", "acme/tiny", env=env).stdout.strip())
+        before = snapshot(tmp_path / "hf")
+        result = run_cli("download", "acme/tiny", "--to", snapshot_folder, env=env)
+    finally:
+        server.stop()
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"minigpt: error: cannot write {snapshot_folder / 'config.json'}: it is one of this run's inputs")
+    assert snapshot(tmp_path / "hf") == before
 
 
 # ---------------------------------------------------------------------------------------------
