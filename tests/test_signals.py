@@ -144,15 +144,13 @@ def test_the_first_ctrl_c_stops_a_stalled_download_at_once_and_leaves_no_partial
     assert list(home.rglob("model.safetensors")) == []  # and nothing claims to be the weights
 
 
-def test_a_signal_while_download_copies_into_to_keeps_the_previous_file(tmp_path, hub):
+def test_a_signal_while_download_copies_into_to_leaves_no_partial_file(tmp_path, hub):
+    """(--to refuses a folder holding another model's files, so there is no previous file to keep.)"""
     hub.RequestHandlerClass = _Handler  # a hub that answers
     destination = tmp_path / "weights"
-    destination.mkdir()
-    (destination / "config.json").write_text("the previous config")
     process = start(["download", "acme/tiny", "--to", destination], "temporary-written",
                     env=hub_env(hub, tmp_path / "hf"))
-    before = wait_for(process, "temporary-written")
+    before = wait_for(process, "temporary-written")  # config.json, the first file, is written but not renamed
     process.send_signal(signal.SIGTERM)
     assert_interrupted(*finish(process, before), signal.SIGTERM)
-    assert os.listdir(destination) == ["config.json"]
-    assert (destination / "config.json").read_text() == "the previous config"
+    assert os.listdir(destination) == []
