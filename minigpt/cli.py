@@ -422,10 +422,10 @@ def _main(argv):
     except BrokenPipeError:  # `minigpt ... | head`: the reader left, nothing more to say
         discard_standard_output()
         return EXIT_ERROR
-    except OSError as err:
+    except OSError as err:  # a file the command reads or writes, unreadable or on a failing disk
         if args.debug:
             raise
-        where = f" {err.filename}" if err.filename else ""
+        where = f" {err.filename}:" if err.filename else ""
         say(f"minigpt: error:{where} {err.strerror or err}")
         return EXIT_ERROR
 

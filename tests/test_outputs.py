@@ -211,7 +211,16 @@ def test_protect_follows_links_to_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# A disk that fails half way
+# A disk that fails, a folder that refuses
+
+
+def test_a_folder_that_refuses_even_root_is_named():
+    """The tests run as root, for whom permissions do not apply; sysfs refuses new files to anyone."""
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("no sysfs here")
+    with pytest.raises(MiniGPTError, match="^cannot write /sys/minigpt-test.json: Permission denied$"):
+        with atomic_write("/sys/minigpt-test.json", "w") as f:
+            f.write("{}")
 
 
 def test_a_write_that_fails_half_way_is_named_and_keeps_the_previous_file(tmp_path, checkpoint):

