@@ -72,13 +72,10 @@ def names_a_descriptor(path) -> bool:
     return False
 
 
-def _kind(mode) -> str | None:
-    """What a non-regular file is, in words; None for a regular file."""
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISFIFO, "a FIFO")):
-        if test(mode):
-            return name
-    return None
+# Files that are not regular files: what becomes of an output path naming one.
+_REFUSED = ((stat.S_ISDIR, "it is a directory"), (stat.S_ISBLK, "it is a block device, not a file"),
+            (stat.S_ISSOCK, "it is a socket, not a file"))
+_STREAMED = (stat.S_ISCHR, stat.S_ISFIFO)  # /dev/null, a terminal, a FIFO
 
 
 def output_target(path) -> OutputTarget:
@@ -95,10 +92,10 @@ def output_target(path) -> OutputTarget:
         if source is not None:
             also = "" if os.path.abspath(source) == os.path.abspath(path) else f" ({source})"
             raise MiniGPTError(f"cannot write {path}: it is one of this run's inputs{also}")
-        kind = _kind(st.st_mode)
-        if kind in ("a directory", "a block device", "a socket"):
-            raise MiniGPTError(f"cannot write {path}: it is {kind}" + ("" if kind == "a directory" else ", not a file"))
-        if kind is not None or names_a_descriptor(path):
+        for is_kind, reason in _REFUSED:
+            if is_kind(st.st_mode):
+                raise MiniGPTError(f"cannot write {path}: {reason}")
+        if any(is_kind(st.st_mode) for is_kind in _STREAMED) or names_a_descriptor(path):
             return OutputTarget(path, path, stream=True)
     file = Path(os.path.realpath(path)) if path.is_symlink() else path
     folder = file.parent  # Path("x").parent is Path(".")
