@@ -10,6 +10,7 @@ exit with code 1; `--debug` shows the traceback instead.
 """
 
 import argparse
+import codecs
 import difflib
 import io
 import os
@@ -74,9 +75,14 @@ def read_text(args) -> str:
         return _utf8(sys.stdin.buffer.read(MAX_TEXT_BYTES + 1), "standard input")
     if args.text is None:
         raise MiniGPTError("no text given: pass TEXT, '-' for standard input, or --file PATH")
-    # Bytes of argv that are not UTF-8 arrive as lone surrogates U+DC80..U+DCFF (surrogateescape).
+    # Bytes of argv the locale cannot decode arrive as lone surrogates U+DC80..U+DCFF
+    # (surrogateescape): UTF-8 text under an ASCII locale (LC_ALL=C), or bytes that are not UTF-8.
     escaped = next((i for i, ch in enumerate(args.text) if 0xDC80 <= ord(ch) <= 0xDCFF), None)
     if escaped is not None:
+        try:
+            return os.fsencode(args.text).decode("utf-8")  # the bytes the shell passed
+        except UnicodeDecodeError:
+            pass
         byte = ord(args.text[escaped]) - 0xDC00
         raise MiniGPTError(f"TEXT is not valid UTF-8 (byte {byte:#04x} at character {escaped})")
     return args.text
@@ -504,11 +510,15 @@ def discard_standard_output() -> None:
 
 
 def fall_back_on_unencodable(stream) -> None:
-    """A character the terminal's encoding cannot show (PYTHONIOENCODING=ascii, a Latin-1 locale),
-    or a file name's undecodable byte, is written as a backslash escape instead of raising
-    UnicodeEncodeError: the table and the messages print whatever the environment."""
+    """A character the terminal's encoding cannot show (PYTHONIOENCODING=ascii, LC_ALL=C with
+    PYTHONUTF8=0, a Latin-1 locale), or a file name's undecodable byte, is written as a
+    backslash escape instead of raising UnicodeEncodeError: the table and the messages print
+    whatever the environment. Only the two error handlers that can fail are replaced: "strict",
+    and "surrogateescape" with an encoding other than UTF-8 (which it passes every character)."""
     stream = getattr(stream, "_stream", stream)
-    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+    errors, encoding = getattr(stream, "errors", None), getattr(stream, "encoding", None) or "utf-8"
+    can_fail = errors == "strict" or (errors == "surrogateescape" and codecs.lookup(encoding).name != "utf-8")
+    if can_fail and hasattr(stream, "reconfigure"):
         stream.reconfigure(errors="backslashreplace")
 
 

@@ -75,6 +75,15 @@ def test_a_terminal_that_cannot_show_a_character_gets_escapes(checkpoint):
     assert "\u2423world" in json.dumps(decoded, ensure_ascii=False)
 
 
+def test_an_ascii_locale_reads_utf8_arguments_and_prints_escapes(checkpoint, monkeypatch):
+    """LC_ALL=C without UTF-8 mode: Python decodes argv and encodes stdout as ASCII."""
+    monkeypatch.delenv("PYTHONIOENCODING", raising=False)
+    result = run("lens", "H\u00e9llo w\u00f6rld", "-m", checkpoint, env={"LC_ALL": "C", "PYTHONUTF8": "0"},
+                 stdout=subprocess.PIPE)
+    assert result.returncode == 0 and stderr_lines(result) == []
+    assert "\\u2423w" in result.stdout.decode("ascii")  # the text was read as the UTF-8 it is
+
+
 def test_names_that_are_not_utf8_work_and_print(tmp_path, checkpoint):
     folder = os.fsencode(tmp_path)
     shutil.copytree(os.fsencode(checkpoint), folder + b"/ck\xff")
