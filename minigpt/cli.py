@@ -18,8 +18,8 @@ from importlib.metadata import entry_points
 
 # Only light modules here: main() must install its signal handling before NumPy is imported.
 from . import __version__, files, interrupts
-from .streams import NamedOutput, discard_standard_output, fall_back_on_unencodable, occupy_closed_descriptors, say
 from .errors import MiniGPTError
+from .streams import NamedOutput, discard_standard_output, fall_back_on_unencodable, occupy_closed_descriptors, say
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
