@@ -409,18 +409,19 @@ def leave_now(code: int) -> None:
 
 
 def _main(argv):
-    parser = build_parser()
-    args = parse_arguments(parser, argv)
-    if not hasattr(args, "run"):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+    args = None
     try:
+        parser = build_parser()
+        args = _parse_and_flush(parser, argv)
+        if not hasattr(args, "run"):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
         protect_inputs(args)
         code = args.run(args) or 0
         sys.stdout.flush()  # a full disk or a closed pipe shows here, not after the exit message
         return code
     except MiniGPTError as err:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         say(f"minigpt: error: {err}")
         return EXIT_ERROR
@@ -428,11 +429,21 @@ def _main(argv):
         discard_standard_output()
         return EXIT_ERROR
     except OSError as err:  # a file the command reads or writes, unreadable or on a failing disk
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         where = f" {err.filename}:" if err.filename else ""
         say(f"minigpt: error:{where} {err.strerror or err}")
         return EXIT_ERROR
+
+
+def _parse_and_flush(parser, argv):
+    """parse_arguments; when argparse ends the run itself (--help, --version, a usage error), what
+    it printed is flushed first, so that standard output's own failure is reported like any other."""
+    try:
+        return parse_arguments(parser, argv)
+    except SystemExit:
+        sys.stdout.flush()
+        raise
 
 
 if __name__ == "__main__":

@@ -31,11 +31,12 @@ def stderr_lines(result):
     return [line for line in err.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("how", ["full", "closed"])
+@pytest.mark.parametrize("how", ["full", "full, --version", "closed"])
 def test_standard_output_that_cannot_be_written_is_named(checkpoint, how):
-    if how == "full":
+    if how.startswith("full"):
+        argv = ["--version"] if "--version" in how else ["lens", "Hello world", "-m", checkpoint]  # argparse prints --version
         with open("/dev/full", "w") as full:
-            result = run("lens", "Hello world", "-m", checkpoint, stdout=full)
+            result = run(*argv, stdout=full)
         expected = "minigpt: error: cannot write standard output: No space left on device"
     else:
         result = run("lens", "Hello world", "-m", checkpoint, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(1))
