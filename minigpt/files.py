@@ -131,7 +131,9 @@ def atomic_write(path, mode="wb", encoding=None):
     try:
         with _named_errors(target.path):
             with held():  # a signal here could leave a file that nothing knows to remove
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{target.file.name}.", suffix=".tmp", dir=target.file.parent)
+                # At most 100 characters of the name: a name near the 255-byte limit must not fail here.
+                prefix = f".{target.file.name[:100]}."
+                fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.file.parent)
                 pause_for_tests("temporary-creating")
             pause_for_tests("temporary-created")
             # mkstemp makes the file private (0600); give it the mode of the file it replaces, or of

@@ -176,6 +176,14 @@ def test_descriptors_are_streams_and_folders_sockets_block_devices_are_refused(t
 # Symbolic links
 
 
+def test_a_name_near_the_length_limit_is_written(tmp_path):
+    """The temporary file's name adds a prefix and a suffix to the output's: it must still fit."""
+    target = tmp_path / ("n" * 250 + ".json")
+    with atomic_write(target, "w") as f:
+        f.write("{}")
+    assert target.read_text() == "{}" and os.listdir(tmp_path) == [target.name]
+
+
 def test_a_link_to_a_file_writes_that_file_and_stays_a_link(tmp_path):
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "out.json").write_text("old")
