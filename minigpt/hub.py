@@ -176,7 +176,7 @@ def download_snapshot(repo_id, revision, name) -> Path:
     both loads its single file in transformers, and a folder holding both is refused (weight_files)."""
     from huggingface_hub import snapshot_download
 
-    with _hub_errors(name, repo_id, revision):
+    with _hub_errors(name, repo_id, revision), _partial_files_removed_if_interrupted():
         not_index = [filename for filename in MODEL_FILES if filename != INDEX]
         folder = Path(bounded(snapshot_download, repo_id, revision=revision, allow_patterns=not_index))
         if not (folder / WEIGHTS).is_file():
@@ -198,6 +198,37 @@ def download_snapshot(repo_id, revision, name) -> Path:
     if missing:
         raise HubError(f"{repo_id} on the hub lacks {missing[0]}, a shard its index names")
     return folder
+
+
+@contextmanager
+def _partial_files_removed_if_interrupted():
+    """An interruption (Ctrl-C, SIGTERM, SIGHUP) reaches the caller at once (network.bounded waits
+    in this thread), while huggingface_hub's threads may still be blocked in a read of a hub that
+    stopped sending; the command line then exits without waiting for them (cli.leave_now). Their
+    partial files are removed here, as huggingface_hub would have removed them."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _remove_open_partial_files()
+        raise
+
+
+def _remove_open_partial_files():
+    """Remove the files huggingface_hub is downloading into (`*.incomplete` in its cache) that
+    this process has open: their names are unique to this download and never reused. Linux
+    lists a process's open files in /proc/self/fd; elsewhere nothing is removed."""
+    cache = os.path.realpath(_hub_cache())
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in descriptors:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.endswith(".incomplete") and path.startswith(cache + os.sep):
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def fetch_config(repo_id) -> Path:

@@ -13,6 +13,7 @@ from .checkpoint import load_params
 from .config import Config, read_config
 from .diagnose import locate_nonfinite
 from .errors import ConfigError, InputError, NonFiniteError
+from .files import display_name
 from .generate import TokenStream, generate
 from .tokenizer import Tokenizer, check_text
 
@@ -65,7 +66,7 @@ class GPT2:
         tokenizer = Tokenizer.from_directory(directory)
         check_vocab_size(config, tokenizer, directory / "config.json")  # before mapping any weight
         params = load_params(directory, config, dtype=dtype)
-        return cls(config, params, tokenizer, name=directory.name)
+        return cls(config, params, tokenizer, name=display_name(directory.name))
 
     def __repr__(self):
         c = self.config
