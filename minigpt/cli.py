@@ -389,23 +389,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP, at any moment
         say("minigpt: interrupted")
         if argv is None:
-            leave_now(interrupts.exit_code(err))
+            interrupts.leave(interrupts.exit_code(err))
         return interrupts.exit_code(err)
     finally:
         sys.stdout, sys.stderr = real_stdout, real_stderr
         files.forget_inputs()
-
-
-def leave_now(code: int) -> None:
-    """Exit at once after an interruption: Python's own exit would wait for threads still working
-    (huggingface_hub's download threads, blocked on the network: minutes). Everything this
-    thread had to clean up (temporary files) was cleaned as the interruption unwound it."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-    os._exit(code)
 
 
 def _main(argv):

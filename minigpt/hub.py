@@ -33,6 +33,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import interrupts
 from .checkpoint import INDEX, WEIGHTS, weight_files
 from .config import BUNDLED, BUNDLED_DIR, OFFICIAL
 from .errors import CheckpointError, HubError, InputError, ModelNotCachedError
@@ -204,12 +205,14 @@ def download_snapshot(repo_id, revision, name) -> Path:
 def _partial_files_removed_if_interrupted():
     """An interruption (Ctrl-C, SIGTERM, SIGHUP) reaches the caller at once (network.bounded waits
     in this thread), while huggingface_hub's threads may still be blocked in a read of a hub that
-    stopped sending; the command line then exits without waiting for them (cli.leave_now). Their
-    partial files are removed here, as huggingface_hub would have removed them."""
+    stopped sending; the command line then exits without waiting for them (interrupts.leave). Their
+    partial files are removed here, as huggingface_hub would have removed them, and once more as
+    the process leaves, for a thread that opened one meanwhile."""
     try:
         yield
     except KeyboardInterrupt:
         _remove_open_partial_files()
+        interrupts.clean_up_when_leaving(_remove_open_partial_files)  # files opened since, too
         raise
 
 

@@ -84,6 +84,35 @@ def _deliver(handler, signum):
     # SIG_IGN: nothing
 
 
+# What must happen as the command line leaves after an interruption (leave()): the last clean-up
+# of files that threads still blocked on the network hold open.
+_last_clean_ups = []
+
+
+def clean_up_when_leaving(clean_up) -> None:
+    """Run `clean_up()` at the very last moment, should the process leave after an interruption."""
+    if clean_up not in _last_clean_ups:
+        _last_clean_ups.append(clean_up)
+
+
+def leave(code: int) -> None:
+    """Exit at once after an interruption: Python's own exit would wait for threads still working
+    (huggingface_hub's download threads, blocked on the network). This thread's clean-up ran as the
+    interruption unwound it; what other threads hold open is cleaned last, just before the exit,
+    so that a file they opened meanwhile is cleaned too."""
+    for clean_up in _last_clean_ups:
+        try:
+            clean_up()
+        except Exception:  # leaving anyway: the signal asked for it
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
+
+
 PAUSE_VARIABLE = "MINIGPT_TEST_PAUSE"
 
 
