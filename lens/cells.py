@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from minigpt.errors import NonFiniteError
 from minigpt.parallel import N_THREADS, in_threads
 
 from . import formulas
@@ -86,7 +87,8 @@ def decode_chunks(model, rows, positions, norm, visit=None, *, final_logits=None
     with progress_bar(P, progress, progress is not None) as bar:
         for start in range(0, P, per_chunk):
             chunk = positions[start:start + per_chunk]
-            logits = decode_chunk(model, rows, chunk, norm, buffer, final_logits)  # (R, c, V)
+            with np.errstate(over="ignore", invalid="ignore"):  # a residual too large: the visit says so
+                logits = decode_chunk(model, rows, chunk, norm, buffer, final_logits)  # (R, c, V)
             if visit is not None:
 
                 def reduce(share, logits=logits, start=start):
@@ -112,19 +114,35 @@ class PositionScratch:
 
 
 def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, cells, final_logits=None,
-                    progress=False):
+                    progress=False, labels=None):
     """Fill the per-cell arrays `cells` ({name: (R, P) array}, LensResult's cell fields, made by
     the caller) from the R residuals (T, d) of `rows` at `positions`; a progress bar on stderr
-    if `progress` and it takes more than a few seconds."""
+    if `progress` and it takes more than a few seconds. Logits that are not all finite (a
+    residual too large for the model's dtype, decoded with norm "none" or "normalize") raise a
+    NonFiniteError naming the row (`labels`: the rows' names) and the position."""
 
     def visit(X, i, s):
         position_statistics(X, int(input_tokens[i]), int(target_tokens[i]), cells, i, s)
+        check_finite(cells["entropy"][:, i], model, labels, int(positions[i]), norm)
 
     R, V = len(rows), model.config.vocab_size
     decode_chunks(model, rows, positions, norm, visit, final_logits=final_logits,
                   scratch=lambda: PositionScratch(R, V, model.dtype), progress="lens" if progress else None)
 
 
+def check_finite(entropy, model, labels, position, norm):
+    """entropy (R,) of one position's rows is NaN or inf exactly when a row's logits were not
+    all finite (NaN or +inf spread through y = x - max x to every term, -inf gives 0 * -inf in
+    sum e y): then a NonFiniteError names the first such row."""
+    if np.isfinite(entropy).all():
+        return
+    r = int(np.argmin(np.isfinite(entropy)))
+    row = labels[r] if labels is not None else f"row {r}"
+    raise NonFiniteError(f"{model.name}: the lens's {row} at position {position} decodes (norm {norm!r}) to "
+                         f"logits holding NaN or inf: its residual is too large for {np.dtype(model.dtype).name}")
+
+
+@np.errstate(over="ignore", invalid="ignore")  # per thread (NumPy's error state is); checked by check_finite
 def position_statistics(X, input_token, target_token, cells, i, s):
     """Fill column i of `cells` from the logits X (R, V) of every row at one position (X is
     overwritten). Three tokens are ranked in every row: the final row's top-1, the input token
