@@ -156,7 +156,6 @@ def position_statistics(X, input_token, target_token, cells, i, s):
     x_ranked = X[:, ranked]  # (R, 2 or 3): read before softmax overwrites X
     rank = formulas.ranks(X, x_ranked, s.mask[:, : len(ranked)])
     p = formulas.softmax(X, m, s.e)
-    kl = formulas.kl(p, refs=(R - 1, 0))
 
     column = (slice(None), i)
     cells["top1"][column] = top1
@@ -170,8 +169,8 @@ def position_statistics(X, input_token, target_token, cells, i, s):
         cells["rank_target"][column] = rank[:, 2]
         cells["logprob_target"][column] = formulas.log_prob(x_ranked[:, 2], p)
     cells["entropy"][column] = formulas.entropy(p)
-    cells["kl_final"][column] = kl[:, 0]
-    cells["kl_input"][column] = kl[:, 1]
+    cells["kl_final"][column] = formulas.kl(p, R - 1)
+    cells["kl_input"][column] = formulas.kl(p, 0)
 
 
 # -- top-k ------------------------------------------------------------------------------------

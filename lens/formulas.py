@@ -11,9 +11,8 @@ one position (every row of the lens decoded there). For each row x:
                  = (log S_r - log S_f) + (sum_j p_f[j] y_f[j] - sum_j p_f[j] y_r[j])
 
 Subtracting m first keeps exp from overflowing and makes S >= 1. The three sums over the
-vocabulary (S, sum e y, sum e_f y_r) are float32 BLAS products over blocks of DOT_BLOCK terms
-whose partial sums are added in float64 (`dots`, `dots_with`); everything after them is
-float64. Each formula works on all R rows at once, so that a position costs a few NumPy calls
+vocabulary (S, sum e y, sum e_f y_r) are float32 BLAS dot products over blocks of DOT_BLOCK
+terms whose partial sums are added in float64 (`dots`); everything after them is float64. Each formula works on all R rows at once, so that a position costs a few NumPy calls
 rather than a few per row. Derivations and precision: docs/lens-math.md. The chunked,
 threaded loop that feeds these functions one position at a time is cells.py.
 """
@@ -26,26 +25,21 @@ DOT_BLOCK = 2048  # terms per BLAS product; the partial sums are added in float6
 
 
 def _blocks(A):
-    """A (R, V) as whole blocks (R, V // DOT_BLOCK, DOT_BLOCK) (a view) and the rest (R, V % DOT_BLOCK)."""
-    n = A.shape[1] // DOT_BLOCK * DOT_BLOCK
-    return A[:, :n].reshape(len(A), -1, DOT_BLOCK), A[:, n:]
+    """A (..., V) as whole blocks (..., V // DOT_BLOCK, DOT_BLOCK) (a view) and the rest (..., V % DOT_BLOCK)."""
+    n = A.shape[-1] // DOT_BLOCK * DOT_BLOCK
+    return A[..., :n].reshape(*A.shape[:-1], -1, DOT_BLOCK), A[..., n:]
 
 
-def dots(A, B):
-    """(R,) float64: sum_j A[r, j] B[r, j] for each row r. Each block of 2048 terms is one BLAS
-    dot product, their sums added in float64: a float32 dot over all 50257 terms loses ~1e-6
-    relative, blocked ~1e-8."""
-    (A_blocks, A_rest), (B_blocks, B_rest) = _blocks(A), _blocks(B)
-    partial = np.matmul(A_blocks[:, :, None, :], B_blocks[:, :, :, None])  # (R, n_blocks, 1, 1)
-    return partial.sum(axis=(1, 2, 3), dtype=np.float64) + np.einsum("rj,rj->r", A_rest, B_rest, dtype=np.float64)
-
-
-def dots_with(A, refs):
-    """(R, K) float64: sum_j A[r, j] refs[k, j] for every row r and reference k, blocked as in
-    `dots`: per block one product (R, 2048) @ (2048, K)."""
-    (A_blocks, A_rest), (ref_blocks, ref_rest) = _blocks(A), _blocks(refs)
-    partial = np.matmul(A_blocks.transpose(1, 0, 2), ref_blocks.transpose(1, 2, 0))  # (n_blocks, R, K)
-    return partial.sum(axis=0, dtype=np.float64) + A_rest.astype(np.float64) @ ref_rest.T.astype(np.float64)
+def dots(A, b):
+    """(R,) float64: sum_j A[r, j] b[r, j] for each row r; b (R, V), or (V,) for the same b in
+    every row. Each block of 2048 terms is one BLAS dot product, their sums added in float64:
+    a float32 dot over all 50257 terms loses ~1e-6 relative, blocked ~1e-8. One dot per row
+    and block, so that a row's result does not depend on the other rows (a matrix product over
+    all rows would round differently for different row counts)."""
+    (A_blocks, A_rest), (b_blocks, b_rest) = _blocks(A), _blocks(b)
+    partial = np.matmul(A_blocks[..., None, :], b_blocks[..., :, None])  # (R, n_blocks, 1, 1)
+    rest = np.matmul(A_rest[:, None, :], np.broadcast_to(b_rest, A_rest.shape)[:, :, None])  # (R, 1, 1)
+    return partial.sum(axis=(1, 2, 3), dtype=np.float64) + rest[:, 0, 0]
 
 
 def ranks(X, values, mask):
@@ -72,7 +66,7 @@ def softmax(X, m, e) -> Softmax:
     y = x - m; `e` (R, V) receives exp(y)."""
     y = np.subtract(X, m[:, None], out=X)
     np.exp(y, out=e)
-    S = dots_with(e, np.ones((1, e.shape[1]), e.dtype))[:, 0]  # each row's maximum contributes e = 1
+    S = dots(e, np.ones(e.shape[1], e.dtype))  # each row's maximum contributes e = 1
     return Softmax(m.astype(np.float64), y, e, S, dots(e, y) / S)
 
 
@@ -92,15 +86,13 @@ def entropy(p: Softmax):
     return np.log(p.S) - p.mean_y
 
 
-def kl(p: Softmax, refs):
-    """(R, K): KL(f || r) in nats for each row r and each reference row f = refs[k] (a row index),
+def kl(p: Softmax, f: int):
+    """(R,): KL(f || r) in nats for each row r and the reference row f (an index)
     = (log S_r - log S_f) + (sum p_f y_f - sum p_f y_r), where sum p_f y_r = (sum e_f y_r) / S_f
     (the maxima cancel since sum p_f = 1). Exactly 0 for r = f; a negative value can only be
     rounding, so it is clipped to 0."""
-    refs = list(refs)
-    S_f, mean_y_f = p.S[refs], p.mean_y[refs]
-    divergence = np.log(p.S[:, None] / S_f) + (mean_y_f - dots_with(p.y, p.e[refs]) / S_f)
-    divergence[refs, np.arange(len(refs))] = 0.0
+    divergence = np.log(p.S / p.S[f]) + (p.mean_y[f] - dots(p.y, p.e[f]) / p.S[f])
+    divergence[f] = 0.0
     return np.maximum(divergence, 0.0)
 
 
@@ -117,5 +109,5 @@ def top_k(x, k):
     m = x[best[0]]
     y_best = x[best].astype(np.float64) - float(m)
     y = np.subtract(x, m, out=x)
-    log_S = float(np.log(dots_with(np.exp(y, out=y)[None], np.ones((1, V), y.dtype))[0, 0]))
+    log_S = float(np.log(dots(np.exp(y, out=y)[None], np.ones(V, y.dtype))[0]))
     return best, y_best - log_S
