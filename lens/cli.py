@@ -16,6 +16,7 @@ standard output.
 The command reaches minigpt through the entry point "minigpt.commands" (pyproject.toml).
 """
 
+import codecs
 import json
 import os
 import shutil
@@ -274,8 +275,11 @@ def run_lens(args) -> int:
 
 def write_json(result, path, top_k=None) -> None:
     """LensResult.to_dict() as strict JSON (no NaN, no Infinity) into `path`, or alone on stdout ('-')."""
+    # Standard output that cannot take UTF-8 (PYTHONIOENCODING=ascii, a Latin-1 terminal) gets pure
+    # ASCII JSON: its \u escapes are JSON, the stream's own fallback escapes would not be.
+    ascii_only = path == "-" and codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name != "utf-8"
     try:
-        numbers = json.dumps(result.to_dict(top_k=top_k), allow_nan=False, ensure_ascii=False)
+        numbers = json.dumps(result.to_dict(top_k=top_k), allow_nan=False, ensure_ascii=ascii_only)
     except ValueError:
         raise MiniGPTError(f"cannot write {path}: the lens result holds an infinite number") from None
     if path == "-":

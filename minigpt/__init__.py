@@ -7,15 +7,8 @@
     trace.residual.shape                          # (n_layer + 1, T, n_embd)
 """
 
-from pathlib import Path
-
-import numpy as np
-
-from .config import BUNDLED, OFFICIAL, Config
-from .errors import CheckpointError, ConfigError, HubError, InputError, MiniGPTError, ModelNotCachedError
-from .checkpoint import check_dtype
-from .model import GPT2, Trace
-from .tokenizer import Tokenizer
+import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 __all__ = [
@@ -23,9 +16,34 @@ __all__ = [
     "MiniGPTError", "ConfigError", "CheckpointError", "InputError", "HubError", "ModelNotCachedError",
 ]
 
+# The names above are imported when first used, not here: `minigpt` on the command line imports
+# this package first, and must install its Ctrl-C handling (cli.main) before NumPy loads, which
+# takes most of a second on a cold start.
+_HOMES = {
+    "GPT2": "model", "Trace": "model", "Config": "config", "BUNDLED": "config", "OFFICIAL": "config",
+    "Tokenizer": "tokenizer", "MiniGPTError": "errors", "ConfigError": "errors", "CheckpointError": "errors",
+    "InputError": "errors", "HubError": "errors", "ModelNotCachedError": "errors",
+}
 
-def load(source=BUNDLED, *, dtype=np.float32, revision=None, local_files_only=False) -> GPT2:
-    """Load a GPT-2: with no argument, the small model that ships with minigpt
+
+def __getattr__(name):
+    """minigpt.GPT2, minigpt.Config, ... and submodules (minigpt.gpt2), imported on first use."""
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
+
+
+def load(source=None, *, dtype="float32", revision=None, local_files_only=False) -> "GPT2":
+    """Load a GPT-2: with no argument (or None), the small model that ships with minigpt
     ("minigpt-english-8x192": no download, no network); a local checkpoint folder (config.json +
     model.safetensors or shards); an official name ("gpt2", "gpt2-medium", "gpt2-large",
     "gpt2-xl"); or a hub id "owner/name".
@@ -37,8 +55,14 @@ def load(source=BUNDLED, *, dtype=np.float32, revision=None, local_files_only=Fa
     `dtype=np.float64` converts every weight, for auditing numerical error; float32 weights are
     otherwise memory-mapped from the file, not copied.
     """
-    from .hub import checkpoint_folder
+    from pathlib import Path
 
+    from .checkpoint import check_dtype
+    from .config import BUNDLED
+    from .hub import checkpoint_folder
+    from .model import GPT2
+
+    source = BUNDLED if source is None else source
     dtype = check_dtype(dtype)  # before any download
     directory = checkpoint_folder(source, revision=revision, local_files_only=local_files_only)
     model = GPT2.from_directory(directory, dtype=dtype)

@@ -40,6 +40,7 @@ import numpy as np
 from . import layout
 from .config import Config
 from .errors import CheckpointError, InputError
+from .smallfile import read_small_text
 
 # The header is parsed into Python objects: a 16 MB header of 240,000 empty tensors took 2.6 s
 # and 250 MB here (a shared machine, measured once). The largest official header (gpt2-xl, 628
@@ -270,23 +271,38 @@ def _as_float(array: np.ndarray, code: str, dtype: np.dtype) -> np.ndarray:
 PREFIX = "transformer."
 
 
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+# The index maps each tensor to its shard: gpt2-xl's would be about 30 kB. It is parsed like a
+# header (the same names, one line each), so it gets the header's limit.
+MAX_INDEX_BYTES = MAX_HEADER_BYTES
+MAX_NAME_BYTES = 255  # the longest file name Linux, macOS and Windows file systems hold
+
+
 def weight_files(directory: Path) -> list:
-    """The safetensors file(s) of a checkpoint folder: one file, or the shards its index names."""
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
+    """The safetensors file(s) of a checkpoint folder: one file, or the shards its index names.
+
+    A folder holding both is refused: either may be stale (a sharded model copied over a single
+    file, or the reverse), and picking one would run weights the user did not mean."""
+    single = directory / WEIGHTS
+    index = directory / INDEX
+    if single.is_file() and index.is_file():
+        raise CheckpointError(
+            f"{directory} holds both {WEIGHTS} and {INDEX} (a single file and a sharded checkpoint): "
+            "remove the one that is stale"
+        )
     if single.is_file():
         return [single]
     if index.is_file():
-        if index.stat().st_size > MAX_HEADER_BYTES:
-            raise CheckpointError(f"{index} is larger than {MAX_HEADER_BYTES} bytes: not a safetensors index")
+        text = read_small_text(index, MAX_INDEX_BYTES, "safetensors index", CheckpointError)
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = json.loads(text)["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
             # ValueError covers json.JSONDecodeError and integer literals too long to convert
             raise CheckpointError(f"{index} is not a valid safetensors index (no 'weight_map')") from None
         for shard in shards:
-            if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            if not is_plain_file_name(shard):
                 raise CheckpointError(f"{index} names an invalid shard file {_short(shard)}")
         return [directory / shard for shard in shards]
     pickles = [p.name for p in directory.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
@@ -295,7 +311,22 @@ def weight_files(directory: Path) -> list:
             f"{directory} holds only pickle weights ({', '.join(sorted(pickles))}); minigpt never loads "
             "pickle files, which can run code: use a model.safetensors checkpoint"
         )
-    raise CheckpointError(f"no model.safetensors (or model.safetensors.index.json) in {directory}")
+    raise CheckpointError(f"no {WEIGHTS} (or {INDEX}) in {directory}")
+
+
+def is_plain_file_name(name) -> bool:
+    """A name an index may give a shard: one file in the same folder (no '/', '\\', '.' or '..'),
+    and one every file system can hold: valid Unicode (JSON allows a lone surrogate "\\ud800"),
+    no NUL or other control character (Python refuses NUL in a path with ValueError), at most
+    MAX_NAME_BYTES bytes of UTF-8."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        return False
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+        return False
+    try:
+        return len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
 
 
 def check_dtype(dtype) -> np.dtype:

@@ -11,11 +11,14 @@ exit with code 1; `--debug` shows the traceback instead.
 
 import argparse
 import difflib
+import io
+import os
 import sys
 import warnings
 from importlib.metadata import entry_points
 
-from . import __version__
+# Only light modules here: main() must install its signal handling before NumPy is imported.
+from . import __version__, files, interrupts
 from .errors import MiniGPTError
 
 EXIT_ERROR = 1
@@ -82,7 +85,43 @@ def read_text(args) -> str:
 def load_model(args, **kwargs):
     import minigpt
 
-    return minigpt.load(args.model, **kwargs)
+    model = minigpt.load(args.model, **kwargs)
+    protect_model_files(args.model)  # a hub model fetched just now is in the cache only now
+    return model
+
+
+def protect_model_files(source) -> None:
+    """Record the files of the checkpoint `source` names, where they already are on this machine
+    (a folder, the bundled model, the HuggingFace cache), as inputs no output may replace."""
+    from .checkpoint import weight_files
+    from .hub import MODEL_FILES, checkpoint_folder
+
+    try:
+        folder = checkpoint_folder(source, local_files_only=True)  # never the network
+        names = {*MODEL_FILES, *(path.name for path in weight_files(folder))}
+    except MiniGPTError:  # not on this machine yet, or broken: loading says what is wrong
+        return
+    files.protect(folder / name for name in names)
+
+
+def protect_inputs(args) -> None:
+    """Record every file the command reads, by the options that name them, so that no output of
+    the run replaces one: the model (--model, --init), the text (--file), the data (DATA, --val,
+    a file or the .txt files of a folder), a tuned lens (--tuned)."""
+    for option in ("model", "init"):
+        if isinstance(getattr(args, option, None), str):
+            protect_model_files(getattr(args, option))
+    for option in ("file", "tuned", "data", "val"):
+        path = getattr(args, option, None)
+        if isinstance(path, str):
+            files.protect([path])
+            if os.path.isdir(path):
+                files.protect(p for p in _walk_files(path) if p.endswith(".txt"))
+
+
+def _walk_files(folder):
+    for root, _, names in os.walk(folder):
+        yield from (os.path.join(root, name) for name in names)
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -329,30 +368,148 @@ def parse_arguments(parser, argv=None):
 
 
 def main(argv=None) -> int:
+    """The command line. argv None: the process's own (sys.argv), as the `minigpt` command and
+    `python -m minigpt` run it; tests pass a list and run it in their own process."""
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+    try:
+        with interrupts.installed():  # first, before the heavy imports below (NumPy, the commands' modules)
+            files.forget_inputs()
+            if argv is None:
+                occupy_closed_descriptors()
+            sys.stdout = NamedOutput(sys.stdout, "standard output")
+            for stream in (sys.stdout, sys.stderr):
+                fall_back_on_unencodable(stream)
+            interrupts.pause_for_tests("starting")
+            return _main(argv)
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP, at any moment
+        say("minigpt: interrupted")
+        if argv is None:
+            leave_now(interrupts.exit_code(err))
+        return interrupts.exit_code(err)
+    finally:
+        sys.stdout, sys.stderr = real_stdout, real_stderr
+        files.forget_inputs()
+
+
+def leave_now(code: int) -> None:
+    """Exit at once after an interruption: Python's own exit would wait for threads still working
+    (huggingface_hub's download threads, blocked on the network: minutes). Everything this
+    thread had to clean up (temporary files) was cleaned as the interruption unwound it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
+
+
+def _main(argv):
     parser = build_parser()
     args = parse_arguments(parser, argv)
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return args.run(args) or 0
+        protect_inputs(args)
+        code = args.run(args) or 0
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, not after the exit message
+        return code
     except MiniGPTError as err:
         if args.debug:
             raise
-        print(f"minigpt: error: {err}", file=sys.stderr)
+        say(f"minigpt: error: {err}")
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("minigpt: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `minigpt ... | head`: the reader left, nothing more to say
-        sys.stderr.close()
+        discard_standard_output()
         return EXIT_ERROR
     except OSError as err:
         if args.debug:
             raise
         where = f" {err.filename}" if err.filename else ""
-        print(f"minigpt: error:{where} {err.strerror or err}", file=sys.stderr)
+        say(f"minigpt: error:{where} {err.strerror or err}")
         return EXIT_ERROR
+
+
+# -- standard streams, whatever the environment -------------------------------------------------
+
+
+def say(line: str) -> None:
+    """One line on stderr; nothing if stderr itself cannot be written (closed, a full disk)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def occupy_closed_descriptors() -> None:
+    """Standard input, output or error closed by the shell (`minigpt ... >&-`) get /dev/null, so that
+    no file minigpt opens takes their number and receives what was meant for them; a closed
+    standard output is then an error when something is written to it (ClosedOutput)."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+            if name == "stdout":
+                sys.stdout = ClosedOutput()
+
+
+class ClosedOutput(io.TextIOBase):
+    """sys.stdout when the shell closed it: writing is a one-line error naming it."""
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        raise MiniGPTError("cannot write standard output: it is closed")
+
+
+class NamedOutput:
+    """sys.stdout, whose write errors (a full disk, an input/output error) become one-line
+    MiniGPTErrors naming it; a reader that left (BrokenPipeError) stays itself."""
+
+    def __init__(self, stream, name):
+        self._stream, self._name = stream, name
+
+    def _named(self, method, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            discard_standard_output()
+            raise MiniGPTError(f"cannot write {self._name}: {err.strerror or err}") from None
+
+    def write(self, text):
+        return self._named("write", text)
+
+    def flush(self):
+        return self._named("flush")
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, buffer ...
+        return getattr(self._stream, name)
+
+
+def discard_standard_output() -> None:
+    """After standard output failed, point it at /dev/null: the interpreter flushes it once more
+    at exit, and would print that failure as a traceback-like "Exception ignored" message."""
+    if getattr(sys.stdout, "_stream", sys.stdout) is not sys.__stdout__:
+        return  # a stream of a test, not the process's own
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def fall_back_on_unencodable(stream) -> None:
+    """A character the terminal's encoding cannot show (PYTHONIOENCODING=ascii, a Latin-1 locale),
+    or a file name's undecodable byte, is written as a backslash escape instead of raising
+    UnicodeEncodeError: the table and the messages print whatever the environment."""
+    stream = getattr(stream, "_stream", stream)
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .smallfile import read_small_text
 
 MAX_CONFIG_BYTES = 1024 * 1024  # an official config.json is under 1 kB
 
@@ -100,14 +101,9 @@ def config_from_dict(raw: dict, where: str = "config.json") -> Config:
 def read_config(path: Path) -> Config:
     """Read and validate `config.json`."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not a GPT-2 config")
+    text = read_small_text(path, MAX_CONFIG_BYTES, "GPT-2 config", ConfigError)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text") from None
+        raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
     except (ValueError, RecursionError):  # an integer of thousands of digits; absurd nesting

@@ -33,16 +33,15 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from .checkpoint import weight_files
+from .checkpoint import INDEX, WEIGHTS, weight_files
 from .config import BUNDLED, BUNDLED_DIR, OFFICIAL
 from .errors import CheckpointError, HubError, InputError, ModelNotCachedError
 from .files import atomic_write
+from .network import PROGRESS_BYTES, TIMEOUT_VARIABLE, HubStalled, bounded
 
 OFFICIAL_OWNER = "openai-community"  # the hub organisation holding OpenAI's GPT-2 checkpoints
 
 CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 MODEL_FILES = (CONFIG, WEIGHTS, INDEX, *TOKENIZER_FILES)  # shards are added once the index is read
 
@@ -118,9 +117,7 @@ def snapshot(repo_id, *, revision=None, local_files_only=False, ask_hub=False, n
     a complete checkpoint; downloaded if needed and allowed. `ask_hub=True` asks the hub even
     when the cache has the model (the download command: a branch may have moved)."""
     name = name or repo_id
-    offline_reason = "local_files_only=True was given" if local_files_only else (
-        "offline mode is on (HF_HUB_OFFLINE)" if _hub_offline() else None
-    )
+    offline_reason = "local_files_only=True was given" if local_files_only else _offline_reason()
     if not ask_hub or offline_reason:
         # Offline, a model without its tokenizer files still loads (with the official tokenizer).
         folder = cached_snapshot(repo_id, revision, with_tokenizer=offline_reason is None)
@@ -173,16 +170,22 @@ def _known_absent(repo_id, commit, filename) -> bool:
 
 
 def download_snapshot(repo_id, revision, name) -> Path:
-    """Fetch the files minigpt reads into the cache (only those missing) and return the folder."""
+    """Fetch the files minigpt reads into the cache (only those missing) and return the folder.
+
+    The index is fetched only when the repository has no model.safetensors: a repository holding
+    both loads its single file in transformers, and a folder holding both is refused (weight_files)."""
     from huggingface_hub import snapshot_download
 
-    with _hub_errors(name, repo_id, revision):
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_FILES)))
-        if not (folder / WEIGHTS).is_file() and (folder / INDEX).is_file():
-            # A sharded checkpoint: now that the index is here, fetch exactly the shards it names,
-            # at the same commit (the snapshot folder is named after it).
-            shards = [path.name for path in weight_files(folder)]
-            snapshot_download(repo_id, revision=folder.name, allow_patterns=shards)
+    with _hub_errors(name, repo_id, revision), _partial_files_removed_if_interrupted():
+        not_index = [filename for filename in MODEL_FILES if filename != INDEX]
+        folder = Path(bounded(snapshot_download, repo_id, revision=revision, allow_patterns=not_index))
+        if not (folder / WEIGHTS).is_file():
+            # Perhaps sharded: the index, then exactly the shards it names, at the same commit
+            # (the snapshot folder is named after it; huggingface_hub then lists no files again).
+            bounded(snapshot_download, repo_id, revision=folder.name, allow_patterns=[INDEX])
+            if (folder / INDEX).is_file():
+                shards = [path.name for path in weight_files(folder)]
+                bounded(snapshot_download, repo_id, revision=folder.name, allow_patterns=shards)
     if not (folder / CONFIG).is_file():
         raise HubError(f"{repo_id} on the hub has no config.json: not a transformers GPT-2 checkpoint")
     try:
@@ -197,22 +200,64 @@ def download_snapshot(repo_id, revision, name) -> Path:
     return folder
 
 
+@contextmanager
+def _partial_files_removed_if_interrupted():
+    """An interruption (Ctrl-C, SIGTERM, SIGHUP) reaches the caller at once (network.bounded waits
+    in this thread), while huggingface_hub's threads may still be blocked in a read of a hub that
+    stopped sending; the command line then exits without waiting for them (cli.leave_now). Their
+    partial files are removed here, as huggingface_hub would have removed them."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _remove_open_partial_files()
+        raise
+
+
+def _remove_open_partial_files():
+    """Remove the files huggingface_hub is downloading into (`*.incomplete` in its cache) that
+    this process has open: their names are unique to this download and never reused. Linux
+    lists a process's open files in /proc/self/fd; elsewhere nothing is removed."""
+    cache = os.path.realpath(_hub_cache())
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in descriptors:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.endswith(".incomplete") and path.startswith(cache + os.sep):
+                os.unlink(path)
+        except OSError:
+            pass
+
+
 def fetch_config(repo_id) -> Path:
     """config.json of a hub repository: the cached copy, else only that file from the hub (a few
-    hundred bytes, never the weights)."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    hundred bytes, never the weights).
+
+    Through snapshot_download, as loading goes, rather than hf_hub_download: its first request
+    (the repository's file list) is not retried, so a hub that cannot be reached is reported at
+    once, where hf_hub_download retries its HEAD request five times over 23 s."""
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
 
     cached = try_to_load_from_cache(repo_id, CONFIG)
     if isinstance(cached, str):
         return Path(cached)
+    offline_reason = _offline_reason()
+    if offline_reason:
+        raise ModelNotCachedError(_not_cached_message(repo_id, repo_id, None, offline_reason))
     with _hub_errors(repo_id, repo_id, None):
-        return Path(hf_hub_download(repo_id, CONFIG))
+        folder = Path(bounded(snapshot_download, repo_id, allow_patterns=[CONFIG]))
+    if not (folder / CONFIG).is_file():
+        raise HubError(f"{repo_id} on the hub has no config.json: not a transformers GPT-2 checkpoint")
+    return folder / CONFIG
 
 
-def _hub_offline() -> bool:
+def _offline_reason():
+    """Why the hub must not be asked, or None."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE)
+    return "offline mode is on (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else None
 
 
 def _hub_cache() -> str:
@@ -256,8 +301,13 @@ def _hub_errors(name, repo_id, revision):
         raise HubError(f"no model {repo_id} on the hub ({_hub_endpoint()}), or it is private") from None
     except hf.RevisionNotFoundError:
         raise HubError(f"{repo_id} has no revision {revision!r} on the hub") from None
+    except HubStalled as err:
+        raise HubError(
+            f"downloading {name} failed: the hub ({_hub_endpoint()}) sent no complete answer, nor "
+            f"{PROGRESS_BYTES // 1024} KiB, for {err.seconds:g} s; gave up (set {TIMEOUT_VARIABLE} to the seconds to wait)"
+        ) from None
     except hf.LocalEntryNotFoundError:  # the hub could not be reached, and the cache lacks files
-        reason = f"the hub ({_hub_endpoint()}) cannot be reached"
+        reason = _offline_reason() or f"the hub ({_hub_endpoint()}) cannot be reached"
         raise ModelNotCachedError(_not_cached_message(name, repo_id, revision, reason)) from None
     except hf.HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else "?"
@@ -307,13 +357,58 @@ def checkpoint_files(folder: Path) -> list:
 def copy_checkpoint(source: Path, destination: Path) -> Path:
     """Copy a checkpoint as plain files (the cache holds symbolic links into blobs/). Each file is
     written under a temporary name in `destination` and renamed once complete, so an interrupted
-    copy never leaves a partial file under a real name."""
+    copy never leaves a partial file under a real name.
+
+    A file already there with the same bytes is kept (running the command again finishes an
+    interrupted copy, or does nothing); one with other bytes, or a file minigpt would read that the
+    checkpoint lacks (a stale index, another model's vocab.json), refuses the copy before anything
+    is written: minigpt cannot tell whether the user made them, so it neither replaces nor removes them."""
     if destination.exists() and not destination.is_dir():
         raise InputError(f"--to {destination}: it exists and is not a folder")
+    files = checkpoint_files(source)
+    copied, others = files_already_there(files, destination)
+    if others:
+        raise InputError(
+            f"--to {destination} already holds {', '.join(others)} of another model; minigpt neither "
+            "replaces nor removes files it finds there: choose another folder, or remove them first"
+        )
     destination.mkdir(parents=True, exist_ok=True)
-    for path in checkpoint_files(source):
-        copy_file(path, destination / path.name)
+    for path in files:
+        if path.name not in copied:
+            copy_file(path, destination / path.name)
     return destination
+
+
+def files_already_there(files: list, destination: Path) -> tuple:
+    """(copied, others): names in `destination` that hold exactly the bytes of one of `files`, and
+    names that would make it another checkpoint: a file of `files` there with other bytes, or a
+    file minigpt reads (MODEL_FILES) that `files` lacks."""
+    by_name = {path.name: path for path in files}
+    copied, others = set(), []
+    for name in sorted(set(MODEL_FILES) | set(by_name)):
+        target = destination / name
+        if not (target.exists() or target.is_symlink()):
+            continue
+        if name in by_name and same_bytes(by_name[name], target):
+            copied.add(name)
+        else:
+            others.append(name)
+    return copied, others
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Whether b is a regular file holding exactly a's bytes (sizes first: a few GB are read only
+    when they match)."""
+    try:
+        if not b.is_file() or a.stat().st_size != b.stat().st_size:
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while chunk := fa.read(COPY_CHUNK):
+                if chunk != fb.read(len(chunk)):
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 def copy_file(source: Path, target: Path):

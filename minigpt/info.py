@@ -88,7 +88,11 @@ def _tied(config_path: Path) -> bool:
     """transformers ties the unembedding to wte unless config.json says tie_word_embeddings: false."""
     import json
 
-    raw = json.loads(config_path.read_text(encoding="utf-8"))  # already validated by read_config
+    from .config import MAX_CONFIG_BYTES
+    from .smallfile import read_small_text
+
+    # already validated by read_config; read with the same limit, in case it changed since
+    raw = json.loads(read_small_text(config_path, MAX_CONFIG_BYTES, "GPT-2 config", ConfigError))
     return raw.get("tie_word_embeddings", True) is not False
 
 

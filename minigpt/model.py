@@ -12,7 +12,8 @@ from . import gpt2
 from .checkpoint import load_params
 from .config import Config, read_config
 from .diagnose import locate_nonfinite
-from .errors import InputError, NonFiniteError
+from .errors import ConfigError, InputError, NonFiniteError
+from .files import display_name
 from .memory import keep_freed_memory
 from .generate import TokenStream, generate
 from .tokenizer import Tokenizer, check_text
@@ -29,6 +30,26 @@ class Trace:
     attention: np.ndarray | None = None  # (n_layer, n_head, T, T) when asked for
 
 
+def check_vocab_size(config: Config, tokenizer: Tokenizer, config_path):
+    """The model must not predict ids its tokenizer cannot decode: a vocab_size padded past the
+    tokenizer's (50304 is a common padding of 50257, for faster matrix products) would fail later,
+    at some position of some text, naming a token instead of the config.
+
+    A smaller vocab_size is allowed: such a model reads the tokenizer's first vocab_size ids (tiny
+    models over a few hundred ids, fed token ids). A text that encodes to an id it lacks is
+    refused by to_tokens, in a message naming config.json's vocab_size."""
+    if config.vocab_size > tokenizer.n_vocab:
+        raise ConfigError(
+            f"{config_path}: vocab_size is {config.vocab_size}, but the tokenizer has {tokenizer.n_vocab} "
+            f"tokens ({_tokenizer_source(tokenizer)}): the model would predict ids no token has "
+            "(a padded vocabulary?); set vocab_size to the tokenizer's and drop the extra rows of wte"
+        )
+
+
+def _tokenizer_source(tokenizer: Tokenizer) -> str:
+    return "GPT-2's own" if tokenizer is Tokenizer.official() else f"{tokenizer.vocab_path.name} beside it"
+
+
 class GPT2:
     """A GPT-2 model: its config, its weights (`params`), its tokenizer."""
 
@@ -43,8 +64,10 @@ class GPT2:
     def from_directory(cls, directory, dtype=np.float32) -> "GPT2":
         directory = Path(directory)
         config = read_config(directory / "config.json")
+        tokenizer = Tokenizer.from_directory(directory)
+        check_vocab_size(config, tokenizer, directory / "config.json")  # before mapping any weight
         params = load_params(directory, config, dtype=dtype)
-        return cls(config, params, Tokenizer.from_directory(directory), name=directory.name)
+        return cls(config, params, tokenizer, name=display_name(directory.name))
 
     def __repr__(self):
         c = self.config
@@ -79,8 +102,12 @@ class GPT2:
         bad = np.flatnonzero((tokens < 0) | (tokens >= self.config.vocab_size))
         if bad.size:
             i = int(bad[0])
+            why = ""
+            if isinstance(tokens_or_text, str):  # the tokenizer made it: the config is what differs
+                why = (f": the model's config.json has vocab_size {self.config.vocab_size}, fewer than "
+                       f"the {self.tokenizer.n_vocab} tokens of its tokenizer")
             raise InputError(
-                f"token id {int(tokens[i])} at position {i} is outside the vocabulary [0, {self.config.vocab_size})"
+                f"token id {int(tokens[i])} at position {i} is outside the vocabulary [0, {self.config.vocab_size}){why}"
             )
         return tokens.astype(np.int64)  # cast only now: a uint64 id 2**64-1 would have become -1
 

@@ -18,6 +18,7 @@ import numpy as np
 import tiktoken
 
 from .errors import InputError, TokenizerError  # noqa: F401  (TokenizerError: raised here, importable from here)
+from .smallfile import read_small_file, utf8_text
 
 DATA = Path(__file__).parent / "data"
 OFFICIAL_SHA256 = {
@@ -25,6 +26,12 @@ OFFICIAL_SHA256 = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
 EOT = "<|endoftext|>"
+# Size limits, checked before a file is read. GPT-2's vocab.json is 1.04 MB (50,257 tokens) and its
+# merges.txt 0.46 MB; the largest byte-level BPE vocabularies in use (~256,000 tokens) are about
+# five times that. 16 MiB leaves room for those and parses in about a second; a file of gigabytes
+# (a 6 GB vocab.json ended in a MemoryError) is refused before a byte of it is read.
+MAX_VOCAB_BYTES = 16 * 1024 * 1024
+MAX_MERGES_BYTES = 16 * 1024 * 1024
 # GPT-2's pre-tokenizer: contractions, letters, digits, other symbols, each with an optional
 # leading space, and runs of whitespace (the last one kept apart from the next word).
 PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -51,25 +58,24 @@ def bytes_to_unicode() -> dict:
     return table
 
 
-def _read_text(path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise TokenizerError(f"cannot read tokenizer file {path}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise TokenizerError(f"{path} is not UTF-8 text") from None
+def _read_vocab(path) -> bytes:
+    return read_small_file(path, MAX_VOCAB_BYTES, "GPT-2 vocabulary (vocab.json)", TokenizerError)
+
+
+def _read_merges(path) -> bytes:
+    return read_small_file(path, MAX_MERGES_BYTES, "BPE merges file (merges.txt)", TokenizerError)
 
 
 def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
     """{token bytes: id} from vocab.json, checked against merges.txt; and the special tokens."""
     char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
     try:
-        vocab = json.loads(_read_text(vocab_path))
+        vocab = json.loads(utf8_text(_read_vocab(vocab_path), vocab_path, TokenizerError))
     except (ValueError, RecursionError):  # ValueError: bad JSON, or a number of thousands of digits
         raise TokenizerError(f"{vocab_path} is not a valid vocabulary JSON file") from None
     # splitlines also drops a "\r" (CRLF files); the other breaks it knows never occur in
     # GPT-2's byte alphabet, where control and blank characters are written as chr(256 + k).
-    merges = _read_text(merges_path).splitlines()
+    merges = utf8_text(_read_merges(merges_path), merges_path, TokenizerError).splitlines()
     if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
         raise TokenizerError(f"{vocab_path} is not a JSON object of token → integer id")
 
@@ -108,8 +114,8 @@ def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
     return ranks, special
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class Tokenizer:
@@ -136,11 +142,13 @@ class Tokenizer:
         """The checkpoint's own vocab.json + merges.txt if it has them, else the official one."""
         directory = Path(directory)
         vocab, merges = directory / "vocab.json", directory / "merges.txt"
-        if vocab.is_file() != merges.is_file():  # half a tokenizer: do not silently use another
-            present, absent = (vocab, merges) if vocab.is_file() else (merges, vocab)
+        # exists, not is_file: a FIFO or a folder under either name is refused by name when read.
+        if vocab.exists() != merges.exists():  # half a tokenizer: do not silently use another
+            present, absent = (vocab, merges) if vocab.exists() else (merges, vocab)
             raise TokenizerError(f"{present} has no companion {absent.name} in {directory}")
-        if vocab.is_file() and merges.is_file():
-            if _sha256(vocab) == OFFICIAL_SHA256["encoder.json"] and _sha256(merges) == OFFICIAL_SHA256["vocab.bpe"]:
+        if vocab.exists() and merges.exists():
+            if (_sha256(_read_vocab(vocab)) == OFFICIAL_SHA256["encoder.json"]
+                    and _sha256(_read_merges(merges)) == OFFICIAL_SHA256["vocab.bpe"]):
                 return cls.official()
             return cls(vocab, merges, name=directory.name)
         return cls.official()
@@ -213,7 +221,7 @@ class Tokenizer:
 @lru_cache(maxsize=1)
 def _official() -> Tokenizer:
     vocab, merges = DATA / "encoder.json", DATA / "vocab.bpe"
-    for path in (vocab, merges):
-        if _sha256(path) != OFFICIAL_SHA256[path.name]:
+    for path, read in ((vocab, _read_vocab), (merges, _read_merges)):
+        if _sha256(read(path)) != OFFICIAL_SHA256[path.name]:
             raise TokenizerError(f"{path} does not match the official GPT-2 file (checksum differs); reinstall minigpt")
     return Tokenizer(vocab, merges, name="gpt2")

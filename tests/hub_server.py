@@ -15,9 +15,17 @@ RevisionNotFoundError or EntryNotFoundError. Every request is logged in `server.
 Faults, for tests of interrupted downloads: `server.cut[filename] = n` makes the next n GETs of
 that file promise the rest of the file but send only the bytes before its middle, then hang up
 (a resumed request that starts past the middle gets no byte at all).
+
+Faults, for tests of hubs that hang (until the server stops):
+- `server.silent = True`: every request is read, and never answered;
+- `server.trickle = seconds`: every answer, status line and headers included, is sent one byte
+  per `seconds`;
+- `server.trickle_files[filename] = seconds`: a GET of that file gets its headers at once, then
+  its body one byte per `seconds`.
 """
 
 import hashlib
+import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,6 +69,10 @@ class FakeHub(ThreadingHTTPServer):
         self.repos = {}  # "owner/name" -> HubRepo
         self.requests = []  # (method, path, query, range)
         self.cut = {}  # filename -> how many more GETs of it to cut half way
+        self.silent = False  # accept, read the request, never answer
+        self.trickle = None  # seconds per byte of every answer
+        self.trickle_files = {}  # filename -> seconds per byte of its body
+        self.stopping = threading.Event()  # ends the answers that hang
         self.lock = threading.Lock()
         self.thread = None
 
@@ -90,6 +102,7 @@ class FakeHub(ThreadingHTTPServer):
         return self
 
     def stop(self):
+        self.stopping.set()
         self.shutdown()
         self.server_close()
         self.thread.join(timeout=10)
@@ -115,6 +128,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         with self.server.lock:
             self.server.requests.append((self.command, path, url.query, self.headers.get("Range")))
+        if self.server.silent:
+            self.server.stopping.wait()
+            self.close_connection = True
+            return
         parts = path.strip("/").split("/")
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
             repo_id, kind, revision = "/".join(parts[2:4]), parts[4], "/".join(parts[5:])
@@ -176,6 +193,13 @@ class _Handler(BaseHTTPRequestHandler):
             cut = self.server.cut.get(filename, 0) > 0
             if cut:
                 self.server.cut[filename] -= 1
+        delay = self.server.trickle_files.get(filename)
+        if delay is not None:  # the headers at once, then the body a byte at a time
+            self.send_response(status)
+            for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            return self._trickle(body, delay)
         if cut:  # promise the rest of the file, send what lies before its middle, hang up
             self.send_response(status)
             for key, value in {**headers, "Content-Length": str(len(body))}.items():
@@ -190,6 +214,9 @@ class _Handler(BaseHTTPRequestHandler):
     # -- replies ---------------------------------------------------------------------------
 
     def _send(self, status, body, headers):
+        socket_writer = self.wfile
+        if self.server.trickle is not None:  # the whole answer, status line included, a byte at a time
+            self.wfile = io.BytesIO()
         self.send_response(status)
         headers = {"Content-Length": str(len(body)), **headers}
         for key, value in headers.items():
@@ -197,6 +224,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+        if self.wfile is not socket_writer:
+            answer, self.wfile = self.wfile.getvalue(), socket_writer
+            self._trickle(answer, self.server.trickle)
+
+    def _trickle(self, data, delay):
+        """Send `data` one byte per `delay` seconds, until done, the client leaves or the server stops."""
+        try:
+            for i in range(len(data)):
+                if self.server.stopping.wait(delay):
+                    break
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+        except OSError:  # the client gave up
+            pass
+        self.close_connection = True
 
     def _error(self, status, code, message, headers=None):
         body = json.dumps({"error": message}).encode()

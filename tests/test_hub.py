@@ -428,3 +428,169 @@ def test_an_interrupted_copy_leaves_the_old_file_and_no_partial_one(tmp_path, mo
     monkeypatch.undo()
     minigpt_hub.copy_file(source, target)
     assert target.read_bytes() == source.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# A hub that hangs: every command gives up in one line within MINIGPT_HUB_TIMEOUT (+1 s to clean up)
+
+LIMIT = 1.0  # seconds; the default is 30
+COMMANDS = {
+    "info": ["info", REPO],
+    "download": ["download", REPO],
+    "lens": ["lens", "hello", "-m", REPO],
+}
+
+
+def run_commands_at_once(hub, home, commands, extra_env=None):
+    """Run `python -m minigpt ARGS` for each of `commands` side by side (they mostly wait, so the
+    test takes as long as one); {name: (CompletedProcess-like, seconds)}."""
+    import time
+
+    env = {**os.environ, **hub_env(hub, home), "MINIGPT_HUB_TIMEOUT": str(LIMIT),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(extra_env or {})}
+    started = time.monotonic()
+    processes = {
+        name: subprocess.Popen([sys.executable, "-m", "minigpt", *args], env=env, cwd=home.parent,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, args in commands.items()
+    }
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=60)  # a hang fails here, not after minutes
+        results[name] = (process.returncode, stdout, stderr, time.monotonic() - started)
+    return results
+
+
+def assert_gave_up_in_one_line(results):
+    for name, (code, stdout, stderr, seconds) in results.items():
+        assert code == 1 and stdout == "", (name, stderr)
+        assert stderr.count("\n") == 1, (name, stderr)  # no retry warnings, no traceback
+        assert stderr.startswith(f"minigpt: error: downloading {REPO} failed: the hub ({'http://127.0.0.1'}"), stderr
+        assert f"for {LIMIT:g} s; gave up (set MINIGPT_HUB_TIMEOUT" in stderr, stderr
+        # the limit, the second granted to clean up, and the start of Python; far from a hang
+        assert seconds < LIMIT + 1 + 10, (name, seconds)
+
+
+def test_a_hub_that_accepts_and_never_answers(hub, tmp_path):
+    hub.silent = True
+    assert_gave_up_in_one_line(run_commands_at_once(hub, tmp_path / "hf", COMMANDS))
+
+
+def test_a_hub_that_answers_a_byte_at_a_time(hub, tmp_path):
+    hub.trickle = 0.1  # status line and headers included: 10 bytes a second, every read succeeds
+    assert_gave_up_in_one_line(run_commands_at_once(hub, tmp_path / "hf", COMMANDS))
+
+
+def test_weights_sent_a_byte_at_a_time(hub, tmp_path):
+    hub.trickle_files["model.safetensors"] = 0.05  # the other files come at once
+    home = tmp_path / "hf"
+    commands = {name: COMMANDS[name] for name in ("download", "lens")}
+    assert_gave_up_in_one_line(run_commands_at_once(hub, home, commands))
+    # huggingface_hub was stopped in time to delete its temporary file; nothing passes for cached
+    assert not [f for f in cache_files(home) if f.endswith(".incomplete") or f.endswith("model.safetensors")]
+
+
+STALLED_LOAD = """
+import sys, threading, time
+import minigpt
+try:
+    minigpt.load(sys.argv[1])
+except minigpt.HubError as err:
+    print(err)
+deadline = time.monotonic() + 10
+while any(t.name == "minigpt-hub" for t in threading.enumerate()) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(sorted(t.name for t in threading.enumerate() if t.name == "minigpt-hub"))
+"""
+
+
+def test_a_program_that_gave_up_downloads_nothing_in_the_background(hub, tmp_path):
+    hub.trickle_files["model.safetensors"] = 0.05
+    env = {**os.environ, **hub_env(hub, tmp_path / "hf"), "MINIGPT_HUB_TIMEOUT": str(LIMIT)}
+    result = subprocess.run([sys.executable, "-c", STALLED_LOAD, REPO], env=env, capture_output=True, text=True, timeout=60)
+    message, threads = result.stdout.splitlines()
+    assert message.startswith(f"downloading {REPO} failed: the hub") and threads == "[]", result.stdout
+    requests = len(hub.log())
+    import time
+
+    time.sleep(0.5)
+    assert len(hub.log()) == requests  # no request after the error
+
+
+def test_a_healthy_hub_is_not_taken_for_a_stalled_one(hub, expected, tmp_path):
+    env = {**hub_env(hub, tmp_path / "hf"), "MINIGPT_HUB_TIMEOUT": "0.5"}  # far shorter than a download
+    assert load_in_subprocess(REPO, env, tmp_path)["logits"] == expected["main"]
+
+
+def test_info_on_a_closed_port_or_offline_says_why_in_one_line(tmp_path):
+    unreachable = run_cli("info", REPO, env=hub_env(None, tmp_path / "hf"), cwd=tmp_path)  # nothing listens on port 9
+    assert unreachable.returncode == 1 and unreachable.stderr.count("\n") == 1, unreachable.stderr
+    assert f"{REPO} is not in the HuggingFace cache" in unreachable.stderr
+    assert "the hub (http://127.0.0.1:9) cannot be reached" in unreachable.stderr  # at once: no 23 s of retries
+    offline = run_cli("info", REPO, env=hub_env(None, tmp_path / "hf", offline=True), cwd=tmp_path)
+    assert offline.returncode == 1 and offline.stderr.count("\n") == 1, offline.stderr
+    assert "offline mode is on (HF_HUB_OFFLINE)" in offline.stderr
+
+
+def test_the_hub_timeout_is_a_positive_number_of_seconds(monkeypatch, tmp_path):
+    from minigpt.network import DEFAULT_TIMEOUT, hub_timeout
+
+    monkeypatch.delenv("MINIGPT_HUB_TIMEOUT", raising=False)
+    assert hub_timeout() == DEFAULT_TIMEOUT == 30
+    monkeypatch.setenv("MINIGPT_HUB_TIMEOUT", "2.5")
+    assert hub_timeout() == 2.5
+    for value in ("soon", "0", "-5", "inf", "nan"):
+        monkeypatch.setenv("MINIGPT_HUB_TIMEOUT", value)
+        with pytest.raises(minigpt.InputError, match=f"^MINIGPT_HUB_TIMEOUT must be a positive number of seconds, found '{value}'$"):
+            hub_timeout()
+    result = run_cli("download", REPO, env={**hub_env(None, tmp_path / "hf"), "MINIGPT_HUB_TIMEOUT": "soon"}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "minigpt: error: MINIGPT_HUB_TIMEOUT must be a positive number of seconds, found 'soon'\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ambiguity: a repository holding both a single file and an index; --to into another model's folder
+
+
+def test_a_repository_holding_both_weights_and_an_index_gives_the_single_file(hub, checkpoints, expected, tmp_path):
+    # transformers loads model.safetensors when a repository has both; minigpt fetches only that,
+    # so the snapshot holds one checkpoint (a folder holding both is refused)
+    files = files_of_folder(checkpoints["main"], {"model.safetensors.index.json": b'{"weight_map": {"wte.weight": "gone.safetensors"}}'})
+    hub.add_repo("acme/both").commit(files)
+    assert load_in_subprocess("acme/both", hub_env(hub, tmp_path / "hf"), tmp_path)["logits"] == expected["main"]
+    assert sorted(hub.file_requests("GET")) == NEEDED
+
+
+def test_download_to_a_folder_holding_another_model_is_refused(hub, checkpoints, expected, tmp_path):
+    env = {**hub_env(hub, tmp_path / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    target = tmp_path / "weights"
+    assert run_cli("download", REPO, "--to", target, env=env, cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    # the same model again: nothing to copy, nothing refused
+    again = run_cli("download", REPO, "--to", target, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == f"{target}\n", again.stderr
+    # another revision of it: its model.safetensors has other bytes
+    other = run_cli("download", REPO, "--revision", "v1", "--to", target, env=env, cwd=tmp_path)
+    assert other.returncode == 1 and other.stdout == ""
+    assert other.stderr == (
+        f"minigpt: error: --to {target} already holds model.safetensors of another model; minigpt neither "
+        "replaces nor removes files it finds there: choose another folder, or remove them first\n"
+    )
+    # a sharded model over a single file: the stale model.safetensors would sit beside its index
+    sharded = run_cli("download", SHARDED, "--to", target, env=env, cwd=tmp_path)
+    assert sharded.returncode == 1 and "already holds model.safetensors of another model" in sharded.stderr
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # nothing written, nothing removed
+    assert last_logits(minigpt.load(target)) == expected["main"]
+
+
+def test_download_to_refuses_a_tokenizer_the_model_does_not_have(hub, checkpoints, tmp_path):
+    # a model without tokenizer files, into a folder where another model left its vocab.json: the
+    # old tokenizer would be read with the new weights
+    files = {name: data for name, data in files_of_folder(checkpoints["v1"]).items() if name not in ("vocab.json", "merges.txt")}
+    hub.add_repo("acme/no-tokenizer").commit(files)
+    target = tmp_path / "weights"
+    target.mkdir()
+    (target / "vocab.json").write_bytes((checkpoints["main"] / "vocab.json").read_bytes())
+    result = run_cli("download", "acme/no-tokenizer", "--to", target, env=hub_env(hub, tmp_path / "hf"), cwd=tmp_path)
+    assert result.returncode == 1 and "already holds vocab.json of another model" in result.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["vocab.json"]
