@@ -103,6 +103,9 @@ def bounded(call, *args, **kwargs):
     _install()
     watch = _Watch(seconds)
     outcome = {}
+    # An Event, not Thread.join: a join interrupted by Ctrl-C marks the thread as ended when it is
+    # not (CPython's _wait_for_tstate_lock), and the worker would never be told to stop.
+    done = threading.Event()
 
     def work():
         try:
@@ -112,22 +115,21 @@ def bounded(call, *args, **kwargs):
         finally:
             with _LOCK:
                 _WATCHES.discard(watch)
+            done.set()
 
     with _LOCK:
         _WATCHES.add(watch)
-    worker = threading.Thread(target=work, name="minigpt-hub", daemon=True)  # daemon: exit never waits for it
-    worker.start()
+    threading.Thread(target=work, name="minigpt-hub", daemon=True).start()  # daemon: exit never waits for it
     try:
-        while worker.is_alive():
-            worker.join(max(seconds - watch.idle(), 0.0) + 0.01)
-            if worker.is_alive() and watch.idle() >= seconds:
+        while not done.wait(max(seconds - watch.idle(), 0.0) + 0.01):
+            if watch.idle() >= seconds:
                 watch.abandoned = True
                 # A moment for the worker to stop at its next chunk, so that huggingface_hub
                 # deletes its temporary file and closes its progress bars before the error is shown.
-                worker.join(CLEANUP_SECONDS)
+                done.wait(CLEANUP_SECONDS)
                 raise HubStalled(seconds)
     finally:
-        if worker.is_alive():  # given up, or Ctrl-C: the worker stops at its next request or chunk
+        if not done.is_set():  # given up, or Ctrl-C: the worker stops at its next request or chunk
             watch.abandoned = True
     if "error" in outcome:
         raise outcome["error"]

@@ -478,16 +478,19 @@ def test_a_hub_that_accepts_and_never_answers(hub, tmp_path):
 
 def test_a_hub_that_answers_a_byte_at_a_time(hub, tmp_path):
     hub.trickle = 0.1  # status line and headers included: 10 bytes a second, every read succeeds
-    assert_gave_up_in_one_line(run_commands_at_once(hub, tmp_path / "hf", COMMANDS))
+    # the first request of every command is the repository's file list: one command stands for all
+    assert_gave_up_in_one_line(run_commands_at_once(hub, tmp_path / "hf", {"download": COMMANDS["download"]}))
 
 
-def test_weights_sent_a_byte_at_a_time(hub, tmp_path):
-    hub.trickle_files["model.safetensors"] = 0.05  # the other files come at once
+@pytest.mark.parametrize("seconds_per_byte, command", [(0.05, "lens"), (3600, "download")],
+                         ids=["trickle", "silent-after-headers"])
+def test_weights_that_stall_after_their_headers(hub, tmp_path, seconds_per_byte, command):
+    hub.trickle_files["model.safetensors"] = seconds_per_byte  # the other files come at once
     home = tmp_path / "hf"
-    commands = {name: COMMANDS[name] for name in ("download", "lens")}
-    assert_gave_up_in_one_line(run_commands_at_once(hub, home, commands))
+    assert_gave_up_in_one_line(run_commands_at_once(hub, home, {command: COMMANDS[command]}))
     # huggingface_hub was stopped in time to delete its temporary file; nothing passes for cached
     assert not [f for f in cache_files(home) if f.endswith(".incomplete") or f.endswith("model.safetensors")]
+    assert "models/models--acme--tiny-gpt2/blobs" in " ".join(cache_files(home))  # the files that came are kept
 
 
 STALLED_LOAD = """
@@ -523,16 +526,20 @@ def test_a_healthy_hub_is_not_taken_for_a_stalled_one(hub, expected, tmp_path):
 
 
 def test_info_on_a_closed_port_or_offline_says_why_in_one_line(tmp_path):
-    unreachable = run_cli("info", REPO, env=hub_env(None, tmp_path / "hf"), cwd=tmp_path)  # nothing listens on port 9
-    assert unreachable.returncode == 1 and unreachable.stderr.count("\n") == 1, unreachable.stderr
-    assert f"{REPO} is not in the HuggingFace cache" in unreachable.stderr
-    assert "the hub (http://127.0.0.1:9) cannot be reached" in unreachable.stderr  # at once: no 23 s of retries
-    offline = run_cli("info", REPO, env=hub_env(None, tmp_path / "hf", offline=True), cwd=tmp_path)
-    assert offline.returncode == 1 and offline.stderr.count("\n") == 1, offline.stderr
-    assert "offline mode is on (HF_HUB_OFFLINE)" in offline.stderr
+    envs = {"unreachable": hub_env(None, tmp_path / "hf"), "offline": hub_env(None, tmp_path / "hf", offline=True)}  # nothing listens on port 9
+    processes = {  # side by side: each mostly starts Python
+        name: subprocess.Popen([sys.executable, "-m", "minigpt", "info", REPO], env={**os.environ, **env}, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, env in envs.items()
+    }
+    unreachable, offline = (processes[name].communicate(timeout=60)[1] for name in envs)
+    for stderr in (unreachable, offline):
+        assert stderr.count("\n") == 1 and stderr.startswith(f"minigpt: error: {REPO} is not in the HuggingFace cache"), stderr
+    assert "the hub (http://127.0.0.1:9) cannot be reached" in unreachable  # at once: no 23 s of retries
+    assert "offline mode is on (HF_HUB_OFFLINE)" in offline
 
 
-def test_the_hub_timeout_is_a_positive_number_of_seconds(monkeypatch, tmp_path):
+def test_the_hub_timeout_is_a_positive_number_of_seconds(monkeypatch):
     from minigpt.network import DEFAULT_TIMEOUT, hub_timeout
 
     monkeypatch.delenv("MINIGPT_HUB_TIMEOUT", raising=False)
@@ -542,10 +549,7 @@ def test_the_hub_timeout_is_a_positive_number_of_seconds(monkeypatch, tmp_path):
     for value in ("soon", "0", "-5", "inf", "nan"):
         monkeypatch.setenv("MINIGPT_HUB_TIMEOUT", value)
         with pytest.raises(minigpt.InputError, match=f"^MINIGPT_HUB_TIMEOUT must be a positive number of seconds, found '{value}'$"):
-            hub_timeout()
-    result = run_cli("download", REPO, env={**hub_env(None, tmp_path / "hf"), "MINIGPT_HUB_TIMEOUT": "soon"}, cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr == "minigpt: error: MINIGPT_HUB_TIMEOUT must be a positive number of seconds, found 'soon'\n"
+            hub_timeout()  # an InputError: one line on the command line, as every MiniGPTError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,36 +565,43 @@ def test_a_repository_holding_both_weights_and_an_index_gives_the_single_file(hu
     assert sorted(hub.file_requests("GET")) == NEEDED
 
 
-def test_download_to_a_folder_holding_another_model_is_refused(hub, checkpoints, expected, tmp_path):
-    env = {**hub_env(hub, tmp_path / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+def test_download_to_a_folder_holding_another_model_is_refused(hub, checkpoints, tmp_path):
     target = tmp_path / "weights"
-    assert run_cli("download", REPO, "--to", target, env=env, cwd=tmp_path).returncode == 0
-    before = {p.name: p.read_bytes() for p in target.iterdir()}
-    # the same model again: nothing to copy, nothing refused
-    again = run_cli("download", REPO, "--to", target, env=env, cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout == f"{target}\n", again.stderr
-    # another revision of it: its model.safetensors has other bytes
-    other = run_cli("download", REPO, "--revision", "v1", "--to", target, env=env, cwd=tmp_path)
-    assert other.returncode == 1 and other.stdout == ""
-    assert other.stderr == (
+    minigpt_hub.copy_checkpoint(checkpoints["main"], target)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in target.iterdir()}
+    # the same model again: every file is there with the same bytes, nothing is written
+    minigpt_hub.copy_checkpoint(checkpoints["main"], target)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in target.iterdir()} == before
+    # another model (its model.safetensors has other bytes); a sharded one over a single file
+    # (the stale model.safetensors would sit beside its index): refused, nothing written or removed
+    for other in ("v1", "sharded"):
+        with pytest.raises(minigpt.InputError, match=f"^--to {target} already holds model.safetensors of another model;"):
+            minigpt_hub.copy_checkpoint(checkpoints[other], target)
+        assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in target.iterdir()} == before
+    # a file missing (an interrupted copy) is copied, the others kept
+    (target / "merges.txt").unlink()
+    minigpt_hub.copy_checkpoint(checkpoints["main"], target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == {name: data for name, (data, _) in before.items()}
+    # on the command line, in one line
+    env = {**hub_env(hub, tmp_path / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    result = run_cli("download", REPO, "--revision", "v1", "--to", target, env=env, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
         f"minigpt: error: --to {target} already holds model.safetensors of another model; minigpt neither "
         "replaces nor removes files it finds there: choose another folder, or remove them first\n"
     )
-    # a sharded model over a single file: the stale model.safetensors would sit beside its index
-    sharded = run_cli("download", SHARDED, "--to", target, env=env, cwd=tmp_path)
-    assert sharded.returncode == 1 and "already holds model.safetensors of another model" in sharded.stderr
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # nothing written, nothing removed
-    assert last_logits(minigpt.load(target)) == expected["main"]
 
 
-def test_download_to_refuses_a_tokenizer_the_model_does_not_have(hub, checkpoints, tmp_path):
+def test_download_to_refuses_a_tokenizer_the_model_does_not_have(checkpoints, tmp_path):
     # a model without tokenizer files, into a folder where another model left its vocab.json: the
     # old tokenizer would be read with the new weights
-    files = {name: data for name, data in files_of_folder(checkpoints["v1"]).items() if name not in ("vocab.json", "merges.txt")}
-    hub.add_repo("acme/no-tokenizer").commit(files)
+    source = tmp_path / "no-tokenizer"
+    source.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (source / name).write_bytes((checkpoints["v1"] / name).read_bytes())
     target = tmp_path / "weights"
     target.mkdir()
     (target / "vocab.json").write_bytes((checkpoints["main"] / "vocab.json").read_bytes())
-    result = run_cli("download", "acme/no-tokenizer", "--to", target, env=hub_env(hub, tmp_path / "hf"), cwd=tmp_path)
-    assert result.returncode == 1 and "already holds vocab.json of another model" in result.stderr
+    with pytest.raises(minigpt.InputError, match="already holds vocab.json of another model"):
+        minigpt_hub.copy_checkpoint(source, target)
     assert sorted(p.name for p in target.iterdir()) == ["vocab.json"]
