@@ -3,20 +3,19 @@
 A chunk is a few positions with all R rows: their residuals are decoded with one large
 matrix product, (R * c, d) @ (d, V), into one buffer reused for every chunk
 (`decode_chunks`, the one loop the statistics, top-k and scripts/bench.py share). Each
-position's R rows of logits are then reduced one row at a time, while the row (V floats)
-sits in the core's cache, by the package's threads (minigpt.parallel) working on different
-positions. Only the chunk's logits and three rows of probabilities per thread ever exist,
-never all rows' distributions. The formulas themselves are formulas.py.
+position's R rows of logits (R x V floats, 2.6 MB for gpt2, within the cores' cache) are then
+reduced together, a few NumPy calls per position, by the package's threads (minigpt.parallel)
+working on different positions. Only the chunk's logits and one position's exp(y) per thread
+ever exist, never all rows' distributions. The formulas themselves are formulas.py.
 """
 
-import math
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 
+from minigpt.errors import NonFiniteError
 from minigpt.parallel import N_THREADS, in_threads
 
 from . import formulas
@@ -88,7 +87,8 @@ def decode_chunks(model, rows, positions, norm, visit=None, *, final_logits=None
     with progress_bar(P, progress, progress is not None) as bar:
         for start in range(0, P, per_chunk):
             chunk = positions[start:start + per_chunk]
-            logits = decode_chunk(model, rows, chunk, norm, buffer, final_logits)  # (R, c, V)
+            with np.errstate(over="ignore", invalid="ignore"):  # a residual too large: the visit says so
+                logits = decode_chunk(model, rows, chunk, norm, buffer, final_logits)  # (R, c, V)
             if visit is not None:
 
                 def reduce(share, logits=logits, start=start):
@@ -104,76 +104,73 @@ def decode_chunks(model, rows, positions, norm, visit=None, *, final_logits=None
 # -- the per-cell statistics ------------------------------------------------------------------
 
 
-class RowScratch:
-    """Buffers reused for every row: the comparison mask and exp(y) of the current row, and
-    exp(y) of the final and input rows of the current position."""
+class PositionScratch:
+    """Buffers reused for every position: exp(y) of its R rows, and the comparison masks of the
+    three ranked tokens."""
 
-    def __init__(self, V, dtype):
-        self.mask = np.empty(V, dtype=bool)
-        self.e = np.empty(V, dtype=dtype)
-        self.e_final = np.empty(V, dtype=dtype)
-        self.e_input = np.empty(V, dtype=dtype)
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """The tokens of one position whose rank and probability each row reports."""
-
-    final_top1: int  # the last row's top-1 token
-    input: int  # the token at this position
-    target: int  # the next token, -1 at the text's last position
+    def __init__(self, R, V, dtype):
+        self.e = np.empty((R, V), dtype=dtype)
+        self.mask = np.empty((R, 3, V), dtype=bool)
 
 
 def cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, cells, final_logits=None,
-                    progress=False):
+                    progress=False, labels=None):
     """Fill the per-cell arrays `cells` ({name: (R, P) array}, LensResult's cell fields, made by
     the caller) from the R residuals (T, d) of `rows` at `positions`; a progress bar on stderr
-    if `progress` and it takes more than a few seconds."""
+    if `progress` and it takes more than a few seconds. Logits that are not all finite (a
+    residual too large for the model's dtype, decoded with norm "none" or "normalize") raise a
+    NonFiniteError naming the row (`labels`: the rows' names) and the position."""
 
     def visit(X, i, s):
-        position_statistics(X, Ranked(int(np.argmax(X[-1])), int(input_tokens[i]), int(target_tokens[i])), cells, i, s)
+        position_statistics(X, int(input_tokens[i]), int(target_tokens[i]), cells, i, s)
+        check_finite(cells["entropy"][:, i], model, labels, int(positions[i]), norm)
 
-    V = model.config.vocab_size
+    R, V = len(rows), model.config.vocab_size
     decode_chunks(model, rows, positions, norm, visit, final_logits=final_logits,
-                  scratch=lambda: RowScratch(V, model.dtype), progress="lens" if progress else None)
+                  scratch=lambda: PositionScratch(R, V, model.dtype), progress="lens" if progress else None)
 
 
-def position_statistics(X, tokens: Ranked, cells, i, s):
-    """Fill column i of `cells` from the logits X (R, V) of one position (X is overwritten).
+def check_finite(entropy, model, labels, position, norm):
+    """entropy (R,) of one position's rows is NaN or inf exactly when a row's logits were not
+    all finite (NaN or +inf spread through y = x - max x to every term, -inf gives 0 * -inf in
+    sum e y): then a NonFiniteError names the first such row."""
+    if np.isfinite(entropy).all():
+        return
+    r = int(np.argmin(np.isfinite(entropy)))
+    row = labels[r] if labels is not None else f"row {r}"
+    raise NonFiniteError(f"{model.name}: the lens's {row} at position {position} decodes (norm {norm!r}) to "
+                         f"logits holding NaN or inf: its residual is too large for {np.dtype(model.dtype).name}")
 
-    Every row is compared with two reference rows of the same position: the final one (its
-    top-1 token is ranked in every row; KL(final || row)) and the input one (KL(input || row)).
-    So the final row is reduced first, the input row second, then the others."""
+
+@np.errstate(over="ignore", invalid="ignore")  # per thread (NumPy's error state is); checked by check_finite
+def position_statistics(X, input_token, target_token, cells, i, s):
+    """Fill column i of `cells` from the logits X (R, V) of every row at one position (X is
+    overwritten). Three tokens are ranked in every row: the final row's top-1, the input token
+    and the target (the next token; -1 at the text's last position: not ranked). Every row is
+    compared with two reference rows of the same position: KL(final || row) and
+    KL(input || row), the final row being the last and the input row the first."""
     R = len(X)
-    final = row_statistics(X[R - 1], s.e_final, (R - 1, i), tokens, cells, s.mask)
-    first = row_statistics(X[0], s.e_input, (0, i), tokens, cells, s.mask) if R > 1 else final
-    for r in range(R):
-        row = final if r == R - 1 else first if r == 0 else row_statistics(X[r], s.e, (r, i), tokens, cells, s.mask)
-        cells["kl_final"][r, i] = formulas.kl(final, row)
-        cells["kl_input"][r, i] = formulas.kl(first, row)
+    top1 = X.argmax(axis=1)  # the first index among equal maxima
+    m = X[np.arange(R), top1]
+    ranked = [int(top1[-1]), input_token] + ([target_token] if target_token >= 0 else [])
+    x_ranked = X[:, ranked]  # (R, 2 or 3): read before softmax overwrites X
+    rank = formulas.ranks(X, x_ranked, s.mask[:, : len(ranked)])
+    p = formulas.softmax(X, m, s.e)
 
-
-def row_statistics(x, e, cell, tokens: Ranked, cells, mask) -> formulas.Softmax:
-    """Fill `cell` (r, i) of `cells`, but its KLs, from the logits x (V,) of one row; return the
-    row's softmax (x is overwritten with y = x - max x, and `e` receives exp(y))."""
-    top = int(np.argmax(x))  # the first index among equal maxima
-    x_final, x_input = x[tokens.final_top1], x[tokens.input]
-    cells["top1"][cell] = top
-    cells["top1_logit"][cell] = x[top]
-    cells["logit_final"][cell] = x_final
-    cells["rank_final"][cell] = formulas.rank(x, x_final, mask)
-    cells["rank_input"][cell] = formulas.rank(x, x_input, mask)
-    if tokens.target >= 0:
-        x_target = x[tokens.target]
-        cells["rank_target"][cell] = formulas.rank(x, x_target, mask)
-
-    p = formulas.softmax(x, x[top], e)
-    cells["top1_prob"][cell] = 1.0 / p.S  # p[top] = e[top] / S = 1 / S
-    cells["prob_final"][cell] = math.exp(formulas.log_prob(x_final, p))
-    if tokens.target >= 0:
-        cells["logprob_target"][cell] = formulas.log_prob(x_target, p)
-    cells["entropy"][cell] = formulas.entropy(p)
-    return p
+    column = (slice(None), i)
+    cells["top1"][column] = top1
+    cells["top1_logit"][column] = m
+    cells["top1_prob"][column] = 1.0 / p.S  # p[top] = e[top] / S = 1 / S
+    cells["logit_final"][column] = x_ranked[:, 0]
+    cells["rank_final"][column] = rank[:, 0]
+    cells["prob_final"][column] = np.exp(formulas.log_prob(x_ranked[:, 0], p))
+    cells["rank_input"][column] = rank[:, 1]
+    if target_token >= 0:
+        cells["rank_target"][column] = rank[:, 2]
+        cells["logprob_target"][column] = formulas.log_prob(x_ranked[:, 2], p)
+    cells["entropy"][column] = formulas.entropy(p)
+    cells["kl_final"][column] = formulas.kl(p, R - 1)
+    cells["kl_input"][column] = formulas.kl(p, 0)
 
 
 # -- top-k ------------------------------------------------------------------------------------

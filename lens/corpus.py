@@ -120,7 +120,7 @@ def window_statistics(model, window, rows: Rows, tuned=None):
     out = {}
     for name, residuals in lenses.items():
         cells = LensResult.empty_cells(len(residuals), len(inputs))
-        cell_statistics(model, residuals, positions, "ln_f", inputs, targets, cells, trace.logits)
+        cell_statistics(model, residuals, positions, "ln_f", inputs, targets, cells, trace.logits, labels=rows.labels)
         top1 = cells["top1"]
         sums = np.stack([-cells["logprob_target"].sum(axis=1), cells["kl_final"].sum(axis=1),
                          cells["entropy"].sum(axis=1)], axis=1)

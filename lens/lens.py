@@ -295,7 +295,8 @@ def logit_lens(model, tokens_or_text, *, norm="ln_f", subblocks=False, stride=1,
     input_tokens = tokens[positions]
     target_tokens = np.where(positions + 1 < T, tokens[np.minimum(positions + 1, T - 1)], -1)
     cells = LensResult.empty_cells(len(rows), len(positions))
-    cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, cells, final_logits, progress=progress)
+    cell_statistics(model, rows, positions, norm, input_tokens, target_tokens, cells, final_logits, progress=progress,
+                    labels=labels)
     return LensResult(
         tokens=tokens, positions=positions, labels=labels, blocks=np.array(blocks, dtype=np.int64),
         kinds=kinds, input_tokens=input_tokens, target_tokens=target_tokens,

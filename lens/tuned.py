@@ -37,11 +37,11 @@ from minigpt import gpt2
 from minigpt.config import BUNDLED_DIR
 from minigpt.errors import InputError, MiniGPTError
 from minigpt.files import atomic_write
+from minigpt.memory import keep_freed_memory
 from minigpt.parallel import N_THREADS, in_threads
 from minigpt.train import (
     adamw_update,
     batch_at,
-    keep_freed_memory,
     learning_rate,
     text_files,
     tokenize_files,

@@ -37,7 +37,10 @@ def normalize(x, eps):
     (as torch). (..., d) -> (..., d)"""
     centered = x - x.mean(axis=-1, keepdims=True)
     var = np.mean(np.square(centered), axis=-1, keepdims=True)
-    centered *= 1.0 / np.sqrt(var + eps)  # (..., 1): one division per row, then a multiply in place
+    # (..., 1): one division per row, then a multiply in place. A variance that overflowed
+    # (inf: |x| above ~1e19 in float32) would make the row silently 0; NaN instead lets the
+    # non-finite check after the forward pass (diagnose.py) name the stage.
+    centered *= np.where(var < np.inf, 1.0 / np.sqrt(var + eps), np.nan)
     return centered
 
 

@@ -14,6 +14,7 @@ from .config import Config, read_config
 from .diagnose import locate_nonfinite
 from .errors import ConfigError, InputError, NonFiniteError
 from .files import display_name
+from .memory import keep_freed_memory
 from .generate import TokenStream, generate
 from .tokenizer import Tokenizer, check_text
 
@@ -141,6 +142,7 @@ class GPT2:
         (check_finite=False returns them as they are)."""
         tokens = self.to_tokens(tokens_or_text)
         c = self.config
+        keep_freed_memory()  # the pass's temporaries reuse the last pass's pages (memory.py)
         residual, resid_mid, attention, logits = gpt2.forward(
             tokens, self.params, c.n_head, c.layer_norm_epsilon,
             keep_resid_mid=keep_resid_mid, keep_attention=keep_attention)

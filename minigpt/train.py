@@ -13,12 +13,10 @@ fixed by the seed and the step alone, and writes checkpoints that `minigpt.load`
 HuggingFace transformers read, plus the optimizer state, so a stopped run resumes exactly.
 """
 
-import ctypes
 import functools
 import hashlib
 import json
 import math
-import platform
 import signal
 import sys
 import time
@@ -33,26 +31,10 @@ from . import gpt2, layout
 from .config import Config, config_dict
 from .errors import MiniGPTError
 from .files import appending, atomic_write
+from .memory import keep_freed_memory
 from .parallel import N_THREADS, in_threads
 
 # -- one training step by hand ----------------------------------------------------------------
-
-
-@functools.cache
-def keep_freed_memory():
-    """Ask the C library to keep memory that NumPy frees, for the next array to reuse.
-
-    A step allocates the same large arrays every time (the (B*T, V) logits alone are 400 MB at
-    B*T = 2048). glibc hands blocks over 32 MB back to the kernel when freed and maps fresh,
-    zero-filled pages for the next one: one page fault per 4 kB, about 13% of a step at 8 blocks
-    x 256 wide. mallopt(M_MMAP_MAX, 0) serves every block from the heap instead, and a high
-    M_TRIM_THRESHOLD keeps the heap's freed top; the process keeps its peak size, which a step
-    reaches anyway. Other C libraries (macOS, musl): left as they are. Returns whether it applied."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
-    libc = ctypes.CDLL(None)
-    return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def forward_with_activations(params, inputs, n_head, eps):

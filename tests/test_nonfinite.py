@@ -128,3 +128,60 @@ def test_generation_names_a_nan_met_only_by_a_generated_token(tiny_checkpoint, t
     with pytest.raises(NonFiniteError, match=rf"first appears in the embedding \(wte \+ wpe\), at position 8 \(token {first} "
                                              r".*: the checkpoint's wpe.weight row 8 holds NaN or inf"):
         model.generate(TEXT, 3, temperature=0)
+
+
+def alternating(size, magnitude):
+    """+magnitude, -magnitude, ...: a row whose mean is 0 and whose variance is magnitude²."""
+    return np.where(np.arange(size) % 2 == 0, magnitude, -magnitude).astype(np.float32)
+
+
+def test_a_variance_that_overflows_in_layer_norm_is_an_error_not_a_zero_row(tiny_checkpoint, tmp_path):
+    """The embedding of 'The' at ±1e20: finite, with mean 0, but its variance (1e40) overflows
+    float32 inside block 0's LayerNorm. That row used to become silently 0 (1 / sqrt(inf)) and
+    the logits finite; now it is the non-finite error naming the stage, under every norm of the
+    lens, with no NumPy RuntimeWarning."""
+    import lens
+
+    path, _ = tiny_checkpoint
+
+    def huge_row(tensors):
+        tensors["wte.weight"][464] = alternating(tensors["wte.weight"].shape[1], 1e20)
+
+    model = minigpt.load(edited_checkpoint(path, tmp_path / "huge", huge_row))
+    expected = ("first appears in block 0's attention, at position 0 (token 464 'The'); no weight there is NaN or "
+                "inf, so the values overflowed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(NonFiniteError) as caught:
+            model.run(TEXT)
+        assert expected in str(caught.value)
+        for norm in lens.NORMS:
+            with pytest.raises(NonFiniteError, match="so the values overflowed"):
+                lens.logit_lens(model, TEXT, norm=norm)
+
+
+def test_a_residual_too_large_to_decode_without_a_norm_is_named_by_its_row(tiny_checkpoint, tmp_path):
+    """Block 0's output at ±2e18 (the sum of its squares, 1.3e38, still fits float32, so the
+    model is fine) and one unembedding row at ±1e20 in step with it: decoded through ln_f or
+    normalize the logits are finite, decoded raw (norm "none") they overflow. The lens names the row and position, with no NumPy
+    RuntimeWarning (the reductions run in the package's threads, each with its own error state)."""
+    import lens
+
+    path, _ = tiny_checkpoint
+
+    def huge_residual(tensors):
+        n_embd = tensors["h.0.mlp.c_proj.bias"].shape[0]
+        tensors["h.0.mlp.c_proj.bias"] = alternating(n_embd, 2e18)
+        tensors["wte.weight"][50000] = alternating(n_embd, 1e20)  # a token the text does not use
+
+    model = minigpt.load(edited_checkpoint(path, tmp_path / "huge", huge_residual))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(model.run(TEXT).logits).all()
+        for norm in ("ln_f", "normalize"):
+            assert np.isfinite(lens.logit_lens(model, TEXT, norm=norm).entropy).all()
+        with pytest.raises(NonFiniteError) as caught:
+            lens.logit_lens(model, TEXT, norm="none")
+    message = str(caught.value)
+    assert "the lens's h0 at position 0 decodes (norm 'none') to logits holding NaN or inf" in message
+    assert "\n" not in message

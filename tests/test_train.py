@@ -103,7 +103,9 @@ def test_adamw_in_pieces_is_the_formula(monkeypatch):
 def test_freed_memory_is_kept_on_glibc():
     import platform
 
-    assert train.keep_freed_memory() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    from minigpt.memory import keep_freed_memory
+
+    assert keep_freed_memory() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
 def test_schedule_and_decay_rule():
