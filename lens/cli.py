@@ -29,7 +29,7 @@ import numpy as np
 
 from minigpt.cli import add_model_argument, add_text_arguments, load_model, read_text
 from minigpt.errors import InputError, MiniGPTError
-from minigpt.files import atomic_write, check_output_path
+from minigpt.files import atomic_write, check_output_path, protect
 from minigpt.tokenizer import check_text
 
 from .decode import NORMS, check_norm
@@ -235,6 +235,9 @@ def run_lens(args) -> int:
     model = load_model(args)
     translators = None
     if args.tuned == "bundled":
+        from .tuned import BUNDLED_TUNED_LENS
+
+        protect([BUNDLED_TUNED_LENS])  # an input like --tuned FILE (cli.protect_inputs), found here
         translators = lens.TunedLens.bundled(model)
     elif args.tuned is not None:
         translators = lens.TunedLens.load(args.tuned, model)

@@ -94,6 +94,17 @@ def test_the_text_file_is_an_input(capsys, tmp_path, checkpoint):
     assert text.read_text() == "Hello world"
 
 
+def test_the_bundled_tuned_lens_is_an_input(capsys, tmp_path):
+    from lens.tuned import BUNDLED_TUNED_LENS
+
+    before = BUNDLED_TUNED_LENS.read_bytes()
+    alias = tmp_path / "numbers.json"
+    alias.symlink_to(BUNDLED_TUNED_LENS)
+    code, _, err = main(capsys, "lens", "Hello world", "--tuned", "--json", alias)
+    assert_one_line_error(code, err, f"cannot write {alias}: it is one of this run's inputs ({BUNDLED_TUNED_LENS})")
+    assert BUNDLED_TUNED_LENS.read_bytes() == before
+
+
 def test_lens_eval_data_is_an_input(capsys, tmp_path, checkpoint):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
