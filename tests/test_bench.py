@@ -75,6 +75,17 @@ def test_forward_sides_agree(random_checkpoint):
     assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
 
 
+def test_forward_products_run(random_checkpoint):
+    """The forward pass's products alone, on the model's own weights: they end in the (T, V)
+    unembedding, as the forward pass does."""
+    directory, _ = random_checkpoint
+    model = minigpt.load(directory)
+    T = 24
+    run = bench.forward_products(model, T)
+    assert run().shape == (T, TINY.vocab_size)
+    assert bench.numpy_simd()  # the report names NumPy's SIMD targets
+
+
 def test_flop_counts():
     c = OFFICIAL["gpt2"]
     T, d, V = 256, 768, 50257
