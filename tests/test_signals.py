@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -83,6 +84,27 @@ def test_a_signal_at_start_up_is_one_line(checkpoint, sig):
     before = wait_for(process, "starting")
     process.send_signal(sig)
     assert_interrupted(*finish(process, before), sig)
+
+
+def test_ctrl_c_while_the_command_line_is_imported_is_one_line():
+    """Before cli.main runs, Python imports the command line (argparse, importlib.metadata...):
+    a Ctrl-C there, simulated by an import of minigpt.cli that is interrupted, is one line and
+    exit 130 too (minigpt.launch, what the `minigpt` command and `python -m minigpt` run)."""
+    probe = textwrap.dedent("""
+        import builtins, sys
+        real_import = builtins.__import__
+        def interrupted(name, *args, **kwargs):
+            if name == "cli" or name.endswith(".cli"):
+                raise KeyboardInterrupt
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = interrupted
+        from minigpt.launch import main
+        sys.exit(main())
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 130
+    assert result.stderr == "minigpt: interrupted\n"
 
 
 def test_the_handler_is_in_place_before_numpy_is_imported():
