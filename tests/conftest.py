@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # Tests never reach the network: the hub is unreachable here and in CI.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+# The signal tests send real signals to this process and to the commands it starts. A test run
+# started in the background or under nohup inherits SIGINT or SIGHUP ignored, and so would every
+# command it starts (an ignored signal stays ignored across exec, and minigpt deliberately keeps
+# it so): put back the ordinary handling, so that the results do not depend on how pytest was run.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+for _sig in (signal.SIGHUP, signal.SIGTERM):
+    if signal.getsignal(_sig) == signal.SIG_IGN:
+        signal.signal(_sig, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
