@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from minigpt import cli
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write, forget_inputs, names_a_descriptor, output_target, protect
 from tests.conftest import ROOT, run_cli
 from tests.hub_server import FakeHub, files_of_folder
+from tests.test_hostile_cli import assert_one_line_error, main
 from tests.test_hub import shard
 
 
@@ -37,18 +37,6 @@ def no_inputs_left():
     forget_inputs()
     yield
     forget_inputs()
-
-
-def main(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, expected):
-    assert code == 1, err
-    assert "Traceback" not in err
-    assert [line for line in err.splitlines() if line] == [f"minigpt: error: {expected}"], err
 
 
 def snapshot(folder) -> dict:
