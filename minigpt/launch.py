@@ -4,13 +4,13 @@ before cli.main can install its own handling) is one line and exit 130 too, not 
 
 import sys
 
-EXIT_INTERRUPTED = 130
+from . import interrupts  # light: the standard library only
 
 
 def main() -> int:
     try:
         from .cli import main as command_line
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         sys.stderr.write("minigpt: interrupted\n")
-        return EXIT_INTERRUPTED
+        return interrupts.exit_code(err)
     return command_line()
