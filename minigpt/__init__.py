@@ -10,6 +10,8 @@
 import importlib
 import importlib.util
 
+from . import parallel  # noqa: F401  before NumPy loads: it sets how long OpenBLAS's idle threads spin
+
 __version__ = "0.1.0"
 __all__ = [
     "load", "GPT2", "Trace", "Config", "BUNDLED", "OFFICIAL", "Tokenizer",

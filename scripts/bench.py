@@ -64,12 +64,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import minigpt  # noqa: E402
+import minigpt  # noqa: E402  before NumPy, as the command line does: it sets OpenBLAS's idle spin (minigpt/parallel.py)
+import numpy as np  # noqa: E402
 from minigpt.config import OFFICIAL  # noqa: E402
 from minigpt.files import atomic_write  # noqa: E402
 from minigpt.info import total_params  # noqa: E402

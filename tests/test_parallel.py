@@ -22,3 +22,21 @@ def test_one_thread_per_core():
     assert parallel.N_THREADS >= 1
     assert parallel._executor() is parallel._executor()
     assert parallel._executor()._max_workers == parallel.N_THREADS
+
+
+def run_python(code, **env):
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"} | env
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, check=True)
+    return done.stdout.split()
+
+
+def test_openblas_idle_spin_is_set_before_numpy_loads():
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: `import minigpt` sets it
+    and does not load NumPy itself; a value the user set wins."""
+    probe = "import os, sys, minigpt; print(os.environ['OPENBLAS_THREAD_TIMEOUT'], 'numpy' in sys.modules)"
+    assert run_python(probe) == [parallel.BLAS_SPIN, "False"]
+    assert run_python(probe, OPENBLAS_THREAD_TIMEOUT="20") == ["20", "False"]
