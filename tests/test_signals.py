@@ -157,6 +157,12 @@ def test_the_first_ctrl_c_stops_a_stalled_download_at_once_and_leaves_no_partial
     home = tmp_path / "hf"
     process = start(["download", "acme/tiny"], env=hub_env(hub, home))
     assert hub.stalled.wait(60), "the download never started"
+    # The hub has sent half the file; the client's partial file appears once it has read that
+    # (on a loaded machine, some milliseconds later).
+    deadline = time.monotonic() + 60
+    while not list(home.rglob("*.incomplete")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(home.rglob("*.incomplete")), "the download never wrote its partial file"
     started = time.monotonic()
     process.send_signal(signal.SIGINT)
     code, lines = finish(process)
