@@ -100,6 +100,11 @@ def config_from_dict(raw: dict, where: str = "config.json") -> Config:
 
 def read_config(path: Path) -> Config:
     """Read and validate `config.json`."""
+    return config_from_dict(read_config_dict(path), where=str(path))
+
+
+def read_config_dict(path: Path) -> dict:
+    """`config.json` as JSON, every key of it (read_config keeps those of GPT-2's shape)."""
     path = Path(path)
     text = read_small_text(path, MAX_CONFIG_BYTES, "GPT-2 config", ConfigError)
     try:
@@ -108,7 +113,7 @@ def read_config(path: Path) -> Config:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
     except (ValueError, RecursionError):  # an integer of thousands of digits; absurd nesting
         raise ConfigError(f"{path} is not valid JSON (a number too long or nesting too deep)") from None
-    return config_from_dict(raw, where=str(path))
+    return raw
 
 
 def config_dict(c: Config) -> dict:

@@ -8,7 +8,7 @@ are read. With d = n_embd, V = vocabulary, n = context, L = blocks and the MLP 4
 
 from pathlib import Path
 
-from .config import BUNDLED, BUNDLED_DIR, OFFICIAL, Config, read_config
+from .config import BUNDLED, BUNDLED_DIR, OFFICIAL, Config, config_from_dict, read_config_dict
 from .errors import ConfigError
 from .layout import attention_components, block_components, embedding_components, final_components, mlp_components
 
@@ -68,7 +68,7 @@ def find_config(name_or_dir) -> tuple:
     if source == BUNDLED and not path.exists():
         path = BUNDLED_DIR
     if path.is_dir():
-        return path.name or source, read_config(path / "config.json"), _tied(path / "config.json")
+        return (path.name or source, *_config_and_tied(path / "config.json"))
     official = source.removeprefix("openai-community/")
     if official in OFFICIAL:
         return official, OFFICIAL[official], True
@@ -81,19 +81,14 @@ def find_config(name_or_dir) -> tuple:
         names = ", ".join(OFFICIAL)
         raise ConfigError(f"{source!r} is neither an official model name ({names}), nor a folder, nor a hub id owner/name")
     config_path = fetch_config(repo_id)
-    return source, read_config(config_path), _tied(config_path)
+    return (source, *_config_and_tied(config_path))
 
 
-def _tied(config_path: Path) -> bool:
-    """transformers ties the unembedding to wte unless config.json says tie_word_embeddings: false."""
-    import json
-
-    from .config import MAX_CONFIG_BYTES
-    from .smallfile import read_small_text
-
-    # already validated by read_config; read with the same limit, in case it changed since
-    raw = json.loads(read_small_text(config_path, MAX_CONFIG_BYTES, "GPT-2 config", ConfigError))
-    return raw.get("tie_word_embeddings", True) is not False
+def _config_and_tied(config_path: Path) -> tuple:
+    """(Config, tied) from one reading of config.json: transformers ties the unembedding to wte
+    unless it says tie_word_embeddings: false."""
+    raw = read_config_dict(config_path)
+    return config_from_dict(raw, where=str(config_path)), raw.get("tie_word_embeddings", True) is not False
 
 
 # -- the report --------------------------------------------------------------------------------

@@ -67,16 +67,18 @@ def _read_merges(path) -> bytes:
     return read_small_file(path, MAX_MERGES_BYTES, "BPE merges file (merges.txt)", TokenizerError)
 
 
-def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
-    """{token bytes: id} from vocab.json, checked against merges.txt; and the special tokens."""
+def mergeable_ranks(vocab_path: Path, merges_path: Path, files=None) -> tuple:
+    """{token bytes: id} from vocab.json, checked against merges.txt; and the special tokens.
+    `files`: the two files' bytes if the caller has read them already (to check their checksums)."""
+    vocab_data, merges_data = files if files is not None else (_read_vocab(vocab_path), _read_merges(merges_path))
     char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
     try:
-        vocab = json.loads(utf8_text(_read_vocab(vocab_path), vocab_path, TokenizerError))
+        vocab = json.loads(utf8_text(vocab_data, vocab_path, TokenizerError))
     except (ValueError, RecursionError):  # ValueError: bad JSON, or a number of thousands of digits
         raise TokenizerError(f"{vocab_path} is not a valid vocabulary JSON file") from None
     # splitlines also drops a "\r" (CRLF files); the other breaks it knows never occur in
     # GPT-2's byte alphabet, where control and blank characters are written as chr(256 + k).
-    merges = utf8_text(_read_merges(merges_path), merges_path, TokenizerError).splitlines()
+    merges = utf8_text(merges_data, merges_path, TokenizerError).splitlines()
     if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
         raise TokenizerError(f"{vocab_path} is not a JSON object of token → integer id")
 
@@ -115,15 +117,17 @@ def mergeable_ranks(vocab_path: Path, merges_path: Path) -> tuple:
     return ranks, special
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _is_official(vocab_data: bytes, merges_data: bytes) -> bool:
+    """vocab.json and merges.txt are GPT-2's own (OpenAI's encoder.json and vocab.bpe)."""
+    return (hashlib.sha256(vocab_data).hexdigest() == OFFICIAL_SHA256["encoder.json"]
+            and hashlib.sha256(merges_data).hexdigest() == OFFICIAL_SHA256["vocab.bpe"])
 
 
 class Tokenizer:
     """encode(text) -> ids, decode(ids) -> text, and readable token strings for display."""
 
-    def __init__(self, vocab_path, merges_path, name="gpt2"):
-        ranks, special = mergeable_ranks(vocab_path, merges_path)
+    def __init__(self, vocab_path, merges_path, name="gpt2", files=None):
+        ranks, special = mergeable_ranks(vocab_path, merges_path, files)
         self.vocab_path, self.merges_path = Path(vocab_path), Path(merges_path)  # copied into checkpoints written
         self.encoding = tiktoken.Encoding(
             name=name, pat_str=PATTERN, mergeable_ranks=ranks, special_tokens=special
@@ -148,10 +152,10 @@ class Tokenizer:
             present, absent = (vocab, merges) if vocab.exists() else (merges, vocab)
             raise TokenizerError(f"{present} has no companion {absent.name} in {directory}")
         if vocab.exists() and merges.exists():
-            if (_sha256(_read_vocab(vocab)) == OFFICIAL_SHA256["encoder.json"]
-                    and _sha256(_read_merges(merges)) == OFFICIAL_SHA256["vocab.bpe"]):
+            files = _read_vocab(vocab), _read_merges(merges)  # read once: checksums, then parsing
+            if _is_official(*files):
                 return cls.official()
-            return cls(vocab, merges, name=directory.name)
+            return cls(vocab, merges, name=directory.name, files=files)
         return cls.official()
 
     def encode(self, text: str) -> list:
@@ -222,7 +226,8 @@ class Tokenizer:
 @lru_cache(maxsize=1)
 def _official() -> Tokenizer:
     vocab, merges = DATA / "encoder.json", DATA / "vocab.bpe"
-    for path, read in ((vocab, _read_vocab), (merges, _read_merges)):
-        if _sha256(read(path)) != OFFICIAL_SHA256[path.name]:
+    files = _read_vocab(vocab), _read_merges(merges)
+    for path, data in zip((vocab, merges), files):
+        if hashlib.sha256(data).hexdigest() != OFFICIAL_SHA256[path.name]:
             raise TokenizerError(f"{path} does not match the official GPT-2 file (checksum differs); reinstall minigpt")
-    return Tokenizer(vocab, merges, name="gpt2")
+    return Tokenizer(vocab, merges, name="gpt2", files=files)
