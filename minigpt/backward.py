@@ -15,8 +15,8 @@ the same derivation.
 
 import numpy as np
 
-from .gpt2 import GELU_SCALE, merge_heads, normalize, split_heads
-from .parallel import N_THREADS, in_threads
+from .gpt2 import GELU_SCALE, MIN_SCORES_IN_THREADS, QUERY_BLOCK, merge_heads, normalize, split_heads
+from .parallel import N_THREADS, in_threads, over_rows
 
 GELU_CUBIC = 0.044715
 ROWS_PER_BLOCK = 4  # rows of logits per block of cross_entropy_backward: 4 x 50257 floats stay in cache
@@ -61,21 +61,23 @@ def linear_backward(dy, x, weight):
     return dx, x2.T @ dy2, dy2.sum(axis=0)
 
 
-def gelu_backward(dy, x):
+@over_rows
+def gelu_backward(dy, x, out=None):
     """y = 0.5 x (1 + t), t = tanh(u), u = s (x + c x^3), s = sqrt(2/pi), c = 0.044715.
         dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 c x^2)"""
     x2 = x * x
     t = np.tanh(GELU_SCALE * (x + GELU_CUBIC * x2 * x))
-    local = 0.5 * x * (1.0 - t * t) * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x2)
+    local = np.multiply(0.5 * x * (1.0 - t * t) * GELU_SCALE, 1.0 + 3.0 * GELU_CUBIC * x2, out=out)
     local += 0.5 * (1.0 + t)
     local *= dy
     return local
 
 
-def softmax_backward(dp, p):
+def softmax_backward(dp, p, out=None):
     """p = softmax(x) over the last axis.  dx = p * (dp - sum(dp * p))  (the Jacobian
-    diag(p) - p p^T applied to dp). Where p is 0 (masked keys) dx is 0."""
-    dx = dp * p
+    diag(p) - p p^T applied to dp). Where p is 0 (masked keys) dx is 0.
+    `softmax_backward(dp, p, out=dp)` works in place."""
+    dx = np.multiply(dp, p, out=out)
     dx -= p * dx.sum(axis=-1, keepdims=True)
     return dx
 
@@ -93,14 +95,33 @@ def causal_attention_backward(dout, q, k, v, pattern):
         dv       = pattern^T @ dout                dpattern = dout @ v^T
         dscores  = softmax_backward(dpattern)      (0 at masked keys: their pattern is 0)
         dq       = dscores @ k / sqrt(hs)          dk       = dscores^T @ q / sqrt(hs)
-    q, k, v, dout: (..., H, T, hs); pattern (..., H, T, T) -> dq, dk, dv"""
-    scale = q.shape[-1] ** -0.5
-    dv = np.swapaxes(pattern, -1, -2) @ dout
-    dscores = softmax_backward(dout @ np.swapaxes(v, -1, -2), pattern)
-    dscores *= scale
-    dq = dscores @ k
-    dk = np.swapaxes(dscores, -1, -2) @ q
-    return dq, dk, dv
+    q, k, v, dout: (..., H, T, hs); pattern (..., H, T, T) -> dq, dk, dv
+
+    As the forward (gpt2.causal_attention): QUERY_BLOCK queries at a time against the keys they
+    see, the heads shared among the threads. dk and dv add up over the query blocks."""
+    *lead, T, head_size = q.shape
+    scale = head_size**-0.5
+    q, k, v, dout = (a.reshape(-1, T, head_size) for a in (q, k, v, dout))  # (N, T, hs)
+    pattern = pattern.reshape(-1, T, T)
+    dq = np.empty_like(q)
+    dk, dv = np.zeros_like(k), np.zeros_like(v)
+
+    def attend_backward(heads):
+        for start in range(0, T, QUERY_BLOCK):
+            rows = slice(start, min(start + QUERY_BLOCK, T))
+            seen = slice(0, rows.stop)  # the keys these queries see; the pattern is 0 after them
+            p = pattern[heads, rows, seen]  # (n, rows, seen)
+            dv[heads, seen] += np.swapaxes(p, -1, -2) @ dout[heads, rows]
+            dpattern = dout[heads, rows] @ np.swapaxes(v[heads, seen], -1, -2)
+            dscores = softmax_backward(dpattern, p, out=dpattern)
+            dscores *= scale
+            dq[heads, rows] = dscores @ k[heads, seen]
+            dk[heads, seen] += np.swapaxes(dscores, -1, -2) @ q[heads, rows]
+
+    n = len(q)
+    shares = N_THREADS if n * T * T >= MIN_SCORES_IN_THREADS else 1
+    in_threads(attend_backward, [slice(i * n // shares, (i + 1) * n // shares) for i in range(shares)])
+    return tuple(a.reshape(*lead, T, head_size) for a in (dq, dk, dv))
 
 
 def self_attention_backward(dy, acts, attn, n_head):

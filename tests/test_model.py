@@ -149,3 +149,29 @@ def test_sharded_checkpoint_loads(tmp_path):
     assert (path / "model.safetensors.index.json").is_file()
     assert len(list(path.glob("model-*.safetensors"))) > 1
     np.testing.assert_array_equal(minigpt.load(path).run([5, 6, 7]).logits, whole)
+
+
+@pytest.mark.parametrize("Tq, Tk", [(1, 1), (7, 7), (70, 70), (150, 150), (5, 75), (1, 80), (120, 160)])
+def test_attention_by_query_blocks_equals_the_formula(Tq, Tk):
+    """gpt2.causal_attention works a block of queries at a time against the keys they see, the
+    heads in threads; in float64 it equals softmax(q k^T / sqrt(hs) + mask) @ v in one piece,
+    for T across several blocks, heads shared among threads (from 150 x 150) or not, and for
+    queries that follow cached keys (offset Tk - Tq)."""
+    from minigpt import backward, gpt2
+
+    rng = np.random.default_rng(Tq)
+    q = rng.standard_normal((2, 3, Tq, 8))
+    k, v, dout = (rng.standard_normal((2, 3, n, 8)) for n in (Tk, Tk, Tq))
+    offset = Tk - Tq
+    scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(8) + np.triu(np.full((Tq, Tk), -np.inf), k=offset + 1)
+    pattern = np.exp(scores - scores.max(-1, keepdims=True))
+    pattern /= pattern.sum(-1, keepdims=True)
+    out, found = gpt2.causal_attention(q, k, v, offset)
+    np.testing.assert_allclose(found, pattern, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(out, pattern @ v, rtol=1e-12, atol=1e-15)
+    if Tq == Tk:  # training's backward: dq, dk, dv against the formulas in one piece
+        dpattern = dout @ np.swapaxes(v, -1, -2)
+        dscores = pattern * (dpattern - (dpattern * pattern).sum(-1, keepdims=True)) / np.sqrt(8)
+        expected = (dscores @ k, np.swapaxes(dscores, -1, -2) @ q, np.swapaxes(pattern, -1, -2) @ dout)
+        for found_grad, grad in zip(backward.causal_attention_backward(dout, q, k, v, pattern), expected):
+            np.testing.assert_allclose(found_grad, grad, rtol=1e-10, atol=1e-13)
