@@ -15,7 +15,7 @@ the same derivation.
 
 import numpy as np
 
-from .gpt2 import GELU_SCALE, MIN_SCORES_IN_THREADS, QUERY_BLOCK, merge_heads, normalize, split_heads
+from .gpt2 import GELU_SCALE, QUERY_BLOCK, head_shares, merge_heads, normalize, split_heads
 from .parallel import N_THREADS, in_threads, over_rows
 
 GELU_CUBIC = 0.044715
@@ -98,7 +98,7 @@ def causal_attention_backward(dout, q, k, v, pattern):
     q, k, v, dout: (..., H, T, hs); pattern (..., H, T, T) -> dq, dk, dv
 
     As the forward (gpt2.causal_attention): QUERY_BLOCK queries at a time against the keys they
-    see, the heads shared among the threads. dk and dv add up over the query blocks."""
+    see, the heads shared among the threads (gpt2.head_shares). dk and dv add up over the blocks."""
     *lead, T, head_size = q.shape
     scale = head_size**-0.5
     q, k, v, dout = (a.reshape(-1, T, head_size) for a in (q, k, v, dout))  # (N, T, hs)
@@ -118,9 +118,7 @@ def causal_attention_backward(dout, q, k, v, pattern):
             dq[heads, rows] = dscores @ k[heads, seen]
             dk[heads, seen] += np.swapaxes(dscores, -1, -2) @ q[heads, rows]
 
-    n = len(q)
-    shares = N_THREADS if n * T * T >= MIN_SCORES_IN_THREADS else 1
-    in_threads(attend_backward, [slice(i * n // shares, (i + 1) * n // shares) for i in range(shares)])
+    in_threads(attend_backward, head_shares(len(q), T, T, head_size))
     return tuple(a.reshape(*lead, T, head_size) for a in (dq, dk, dv))
 
 

@@ -28,6 +28,7 @@ from .parallel import N_THREADS, in_threads, over_rows
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)  # a Python float: a NumPy float64 scalar would promote float32 arrays
 QUERY_BLOCK = 32  # queries per attention product (measured best of 16-256 on gpt2, gpt2-xl and a training batch)
+BLAS_ALONE = 1 << 18  # OpenBLAS computes a product of <= 2^18 multiply-adds on the calling thread alone
 MIN_SCORES_IN_THREADS = 1 << 16  # fewer attention scores than this (one new token) take one thread
 
 
@@ -121,8 +122,8 @@ def causal_attention(q, k, v, offset=0):
 
     Computed QUERY_BLOCK queries at a time: a block's queries see keys 0 .. offset + its last
     position only, so the products skip the later keys (their pattern is 0, as the mask would
-    make it), about half the work at Tq = Tk. The heads are shared among the threads: each
-    block's products are too small for BLAS to spread over the cores itself.
+    make it), about half the work at Tq = Tk. The heads are shared among the threads when each
+    block's products are too small for BLAS to spread over the cores itself (head_shares).
     """
     *lead, Tq, head_size = q.shape
     Tk = k.shape[-2]
@@ -143,10 +144,19 @@ def causal_attention(q, k, v, offset=0):
             pattern[heads, rows, seen:] = 0.0
             out[heads, rows] = pattern[heads, rows, :seen] @ v[heads, :seen]
 
-    n = len(q)
-    shares = N_THREADS if n * Tq * Tk >= MIN_SCORES_IN_THREADS else 1
-    in_threads(attend, [slice(i * n // shares, (i + 1) * n // shares) for i in range(shares)])
+    in_threads(attend, head_shares(len(q), Tq, Tk, head_size))
     return out.reshape(*lead, Tq, head_size), pattern.reshape(*lead, Tq, Tk)
+
+
+def head_shares(n, Tq, Tk, head_size):
+    """n heads cut into one share per thread, or one share. Threads pay only when each block's
+    products (at most QUERY_BLOCK x head_size x Tk multiply-adds) are small enough for OpenBLAS
+    to compute on the calling thread alone: a larger one OpenBLAS spreads over the cores itself,
+    and two threads asking for that at once wait on each other (gpt2 at T = 256: 3x slower).
+    A new token's attention (Tq = 1 after a cache) is too small to share."""
+    alone = min(QUERY_BLOCK, Tq) * head_size * Tk <= BLAS_ALONE
+    shares = N_THREADS if alone and n * Tq * Tk >= MIN_SCORES_IN_THREADS else 1
+    return [slice(i * n // shares, (i + 1) * n // shares) for i in range(shares)]
 
 
 def self_attention(x, attn, n_head, kv_cache=None):
