@@ -15,7 +15,10 @@ text or a folder of texts, streamed window by window, resumable, and on a Dask c
              the target's rank (1 = the row's top-1).
     merge    the shards' float sums are added in shard order whatever order they finished in;
              the integers in any order. A run split in pieces (resumed, on any number of
-             workers, a worker lost and its shards recomputed) gives the same figures.
+             workers, a worker lost and its shards recomputed) gives the same figures, bit
+             for bit where every piece's BLAS runs alike: OpenBLAS's AVX2 kernels round a
+             product differently with another number of threads (lens.cluster.worker_environ),
+             and then the float figures agree to ~1e-9 relative.
 
     cross-entropy = sum -log p(target) / tokens                  (nats per token)
     bits per byte = sum -log p(target) / ln 2 / bytes            (the targets' own UTF-8 bytes)

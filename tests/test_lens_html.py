@@ -203,6 +203,7 @@ def test_in_a_notebook_the_iframe_runs_the_viewer(browser, result, tmp_path):
     """What Jupyter does with _repr_html_: put it in the page. The viewer runs in its iframe."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     page = tmp_path / "notebook.html"
     page.write_text(f"<!DOCTYPE html><html><body><p>In [1]: result</p>{result._repr_html_()}"
@@ -210,11 +211,16 @@ def test_in_a_notebook_the_iframe_runs_the_viewer(browser, result, tmp_path):
     browser.get(page.as_uri())
     frames = browser.find_elements(By.TAG_NAME, "iframe")
     assert len(frames) == 2  # two results shown at once do not interfere
+    browser.execute_script("arguments[0].scrollIntoView()", frames[1])
     browser.switch_to.frame(frames[1])
     try:
+        # A frame's document loads on its own, after the page's: wait until its script has run.
+        WebDriverWait(browser, 10).until(lambda b: b.execute_script("return document.readyState") == "complete")
         cells = browser.find_elements(By.CSS_SELECTOR, ".cell[data-row][data-pos]")
         assert len(cells) == result.top1.size
-        ActionChains(browser).move_to_element(cells[0]).perform()
-        assert tooltip(browser).is_displayed() and tooltip(browser).find_elements(By.CSS_SELECTOR, ".topk-token")
+        # Onto the cell from its neighbour: a mouseover even if the pointer was already there.
+        ActionChains(browser).move_to_element(cells[1]).move_to_element(cells[0]).perform()
+        WebDriverWait(browser, 5).until(lambda b: tooltip(b).is_displayed())
+        assert tooltip(browser).find_elements(By.CSS_SELECTOR, ".topk-token")
     finally:
         browser.switch_to.default_content()

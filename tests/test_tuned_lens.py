@@ -134,7 +134,9 @@ def test_stride_keeps_the_translators_of_the_kept_rows(tmp_path):
     result = lens.logit_lens(deep, "The cat sat on the mat", translators=fit, stride=2)
     full = lens.logit_lens(deep, "The cat sat on the mat", translators=fit)
     assert result.labels == ["input", "h0", "h2", "h4"]
-    np.testing.assert_array_equal(result.kl_final, full.kl_final[[0, 1, 3, 5]])
+    # Fewer rows decode in products of another shape, which OpenBLAS's AVX2 kernels round
+    # differently in the last bits; another row's translator would be off by far more.
+    np.testing.assert_allclose(result.kl_final, full.kl_final[[0, 1, 3, 5]], rtol=1e-6, atol=1e-9)
 
 
 # -- saving, loading ----------------------------------------------------------------------------
