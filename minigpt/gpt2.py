@@ -16,7 +16,8 @@ and accepts leading batch axes: (T, d) for one text, (B, T, d) for a training ba
 that can write their result into an existing array take `out=`; in-place steps (`y += b`)
 keep a large array from being allocated twice. gelu carries @over_rows (parallel.py): a large
 array goes through it a block of rows at a time, each block small enough to stay in cache, the
-blocks shared among the cores; the function's body is the whole math. The backward of each function, in the same order, is in backward.py.
+blocks shared among the cores; the function's body is the whole math. The backward of each
+function, in the same order, is in backward.py.
 """
 
 import functools

@@ -4,8 +4,8 @@ NumPy runs a matrix product on every core (BLAS), but an element-wise step on on
 ufuncs release the GIL, so threads working on different rows run in parallel: `in_threads`
 spreads shares of work over the pool, one thread per core available to this process, the
 calling thread taking a share too. The lens reduces different positions' logits this way
-(lens/cells.py), and `over_rows` runs the forward and backward passes' row-wise steps
-(LayerNorm, GELU, softmax) so. A share that itself calls `in_threads` runs its work in its
+(lens/cells.py), and `over_rows` runs GELU and its backward so (LayerNorm and softmax
+measured no faster that way: docs/performance.md). A share that itself calls `in_threads` runs its work in its
 own thread: the pool is busy with its siblings.
 
 OpenBLAS's own threads, once a product is done, keep spinning for 2^28 cycles (~0.1 s) by
@@ -75,7 +75,7 @@ def over_rows(fn):
         cut = [x, *(a for a, c in zip(more, is_cut) if c)] + ([] if out is None else [out])
         if x.nbytes < MIN_BYTES or N_THREADS < 2 or not all(a.flags.c_contiguous for a in cut):
             return fn(x, *more, out=out, **options)
-        import numpy as np
+        import numpy as np  # here, not above: this module sets OpenBLAS's environment before NumPy loads
 
         width = x.shape[-1]
         out = np.empty_like(x) if out is None else out
