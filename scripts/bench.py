@@ -31,7 +31,9 @@ weights/random-SIZE unless --checkpoint names one; values do not change the spee
            batch --train-batch x --train-ctx tokens: minigpt `train.loss_and_grads` +
            `clip_grad_norm` + `adamw_update` / HF GPT2LMHeadModel + loss.backward() +
            clip_grad_norm_ + torch.optim.AdamW, float32; its FLOP rate (6 x parameters x tokens
-           plus attention) against NumPy's matmul rate; each side's peak memory. Each side
+           plus attention) against NumPy's matmul rate, and the time of the step's matrix
+           products alone (`train products`: the rest is the element-wise work); each side's
+           peak memory. Each side
            runs in fresh processes (A B A B), as its users get it: minigpt's trainer tells the C
            library to reuse freed memory, process-wide; HF given the same setting is reported too.
 --kernels avx2 runs everything as an AVX2-only machine would (NumPy's own loops, OpenBLAS and
@@ -264,6 +266,54 @@ def train_flops(shape, B, T, vocab_size=50257):
     return 6 * params * B * T + 3 * 4 * B * T * T * d * n_layer
 
 
+def train_products(model, B, T, seed=0):
+    """A function running a training step's matrix products alone, on the model's own weights
+    and the step's shapes (B x T tokens), random inputs made here: per block forward x @ W
+    (qkv, proj, fc, proj) and backward dy @ W^T and x^T @ dy for each W; attention's two
+    products forward and four backward, as the step computes them (a block of
+    gpt2.QUERY_BLOCK queries against the keys it sees, the heads shared as gpt2.head_shares
+    says); the unembedding x @ W_E^T, dlogits @ W_E and dlogits^T @ x. The step's time minus
+    this is the rest: cross-entropy's softmax, LayerNorm, GELU, attention's softmax, AdamW."""
+    from minigpt.gpt2 import QUERY_BLOCK, head_shares
+    from minigpt.parallel import in_threads
+
+    c, params = model.config, model.params
+    rng = np.random.default_rng(seed)
+    N, d, H = B * T, c.n_embd, c.n_head
+    x = rng.standard_normal((N, d), dtype=np.float32)
+    h = rng.standard_normal((N, c.mlp_width), dtype=np.float32)
+    qkv = rng.standard_normal((N, 3 * d), dtype=np.float32)
+    q = rng.standard_normal((B * H, T, d // H), dtype=np.float32)  # q, k, v and their gradients alike
+    pattern = rng.random((B * H, T, T), dtype=np.float32)
+    logits = rng.standard_normal((N, c.vocab_size), dtype=np.float32)
+    W_E = params["wte"]["weight"]
+
+    def attention(heads):
+        for start in range(0, T, QUERY_BLOCK):
+            rows, seen = slice(start, min(start + QUERY_BLOCK, T)), slice(0, min(start + QUERY_BLOCK, T))
+            p, q_rows, k_seen = pattern[heads, rows, seen], q[heads, rows], q[heads, seen]
+            q_rows @ np.swapaxes(k_seen, -1, -2)  # forward: scores
+            p @ k_seen  # forward: pattern @ v
+            np.swapaxes(p, -1, -2) @ q_rows  # backward: dv
+            q_rows @ np.swapaxes(k_seen, -1, -2)  # backward: dpattern
+            p @ k_seen  # backward: dq
+            np.swapaxes(p, -1, -2) @ q_rows  # backward: dk
+
+    def run():
+        for p in params["h"]:
+            for inputs, W, outputs in ((x, p["attn"]["c_attn"]["weight"], qkv), (x, p["attn"]["c_proj"]["weight"], x),
+                                       (x, p["mlp"]["c_fc"]["weight"], h), (h, p["mlp"]["c_proj"]["weight"], x)):
+                inputs @ W  # forward
+                outputs @ W.T  # backward: dx
+                inputs.T @ outputs  # backward: dW
+            in_threads(attention, head_shares(B * H, T, T, d // H))
+        x @ W_E.T
+        logits @ W_E
+        return logits.T @ x
+
+    return run
+
+
 TRAIN_SIDES = ("minigpt", "hf", "hf-kept-memory")
 
 
@@ -285,7 +335,12 @@ def train_worker(side, shape, B, T, steps):
     for i in range(2):
         step(one, batch, i + 1)
     timings = [seconds(step, one, batch, i + 3) for i in range(steps)]
-    return {"seconds": timings, "peak_rss": peak_rss_bytes()}
+    result = {"seconds": timings, "peak_rss": peak_rss_bytes()}
+    if side == "minigpt":  # the same step's products alone, in the same process
+        products = train_products(one[0], B, T)
+        products()
+        result["products_seconds"] = [seconds(products) for _ in range(steps)]
+    return result
 
 
 def tokens_per_second(stamps):
@@ -773,6 +828,11 @@ def run_benchmark(args, log=print):
             f"{rate:.0f} GFLOP/s = {fraction:.0%} of matmul (goal ≥ 60%: {'met' if fraction >= GOALS['train matmul'] else 'MISSED'}); "
             f"peak memory {memory['minigpt'] / 1e9:.2f} GB (HF {memory['hf'] / 1e9:.2f} GB); HF with minigpt's "
             f"freed-memory setting: {kept:.0f} tok/s (ratio {ours / kept:.2f})")
+        alone = statistics.median([t for run in runs["minigpt"] for t in run["products_seconds"]])
+        products_rate = train_flops(shape, B, T_train) / alone / 1e9
+        row(f"train products {args.train_shape}", alone, float("nan"), "s", float("nan"), "", None,
+            f"{products_rate:.0f} GFLOP/s = {products_rate / limits['matmul_gflops']:.0%} of matmul; the step "
+            f"{step_s['minigpt']:.3f} s = these {alone:.3f} s + the rest {step_s['minigpt'] - alone:.3f} s")
 
     if "lens-eval" in phases:
         model_config = checkpoint_config(args)

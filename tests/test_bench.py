@@ -164,3 +164,20 @@ def test_lens_eval_phase_times_the_command(random_checkpoint):
     wall, cpu, report = bench.lens_eval_seconds(directory, 64)
     assert wall > 0 and cpu > 0
     assert report["tokens"] == 64 and [row["row"] for row in report["logit_lens"]] == ["input", "h0", "h1"]
+
+
+def test_train_products_run(random_checkpoint):
+    """A training step's products alone, on the model's own weights: they end in the unembedding's
+    weight gradient, (V, d), as the backward pass does."""
+    directory, _ = random_checkpoint
+    model = minigpt.load(directory)
+    run = bench.train_products(model, B=2, T=40)  # T not a multiple of the query block
+    assert run().shape == (TINY.vocab_size, TINY.n_embd)
+
+
+def test_report_differences_names_the_largest():
+    a = {"tokens": 10, "rows": [{"row": "h0", "kl": 2.0, "rank": {"median": 3}}]}
+    b = {"tokens": 10, "rows": [{"row": "h0", "kl": 2.0 * (1 + 1e-9), "rank": {"median": 4}}]}
+    rel, counts = bench.report_differences(a, b)
+    assert rel == pytest.approx(1e-9, rel=1e-3) and counts == 1
+    assert bench.report_differences(a, a) == (0.0, 0)
